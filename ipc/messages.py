@@ -1,0 +1,234 @@
+"""Every message that crosses the supervisor <-> runner pipes, defined once.
+
+A message is a frozen dataclass. On the wire it is a msgpack array
+``[type_code, request_id, field, field, ...]`` whose field order is the order of
+the dataclass fields below: this module is the one place that order lives.
+Nested dataclasses travel as arrays too. ``from_wire`` checks every field's type,
+so a confused or hostile peer produces :class:`ipc.codec.ProtocolError`, never
+a half-built message.
+
+The conversation:
+
+* supervisor -> runner, once: :class:`Configure` (protocol version, the workers).
+* runner -> supervisor, once: :class:`Ready` (or the runner exits with
+  ``BOOT_FAILED``).
+* then, one at a time: :class:`Invoke` -> :class:`Reply` | :class:`Failure`,
+  with the same ``request_id``.
+* the supervisor closes the runner's stdin to ask it to exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 1
+
+
+class FailureKind(enum.StrEnum):
+    """Why a request produced no worker response. The value is what clients see
+    in the ``x-wws-failure`` header."""
+
+    OUT_OF_FUEL = "out-of-fuel"
+    TIMEOUT = "timeout"
+    MEMORY_LIMIT = "memory-limit"
+    TRAP = "trap"
+    BAD_OUTPUT = "bad-output"
+    EXIT = "exit"
+    LOAD_ERROR = "load-error"
+    RUNNER_DIED = "runner-died"
+    OVERLOADED = "overloaded"
+    BODY_TOO_LARGE = "body-too-large"
+    INTERNAL = "internal"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """A worker as the runner sees it: what to load and how to run it."""
+
+    worker_id: str
+    path: str
+    kind: str  # "wasm" or "wat"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Configure:
+    TYPE: ClassVar[int] = 1
+    request_id: int
+    protocol_version: int
+    workers: list[WorkerSpec]
+    cache_dir: str
+    # The runner keeps its guest stdout/stderr files in scratch_dir/<pid>; the
+    # supervisor removes that folder after reaping the runner, however it died.
+    scratch_dir: str
+    # prepare=True: compile into the cache, report load errors, then exit.
+    prepare: bool
+    epoch_tick_ms: int
+    max_output_bytes: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ready:
+    TYPE: ClassVar[int] = 2
+    request_id: int
+    protocol_version: int
+    pid: int
+    # worker_id -> one-line reason; only workers that failed to load.
+    load_errors: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invoke:
+    TYPE: ClassVar[int] = 3
+    request_id: int
+    worker_id: str
+    method: str
+    url: str
+    headers: list[list[str]]
+    body: bytes
+    params: dict[str, str]
+    kv: dict[str, str]
+    fuel: int
+    memory_bytes: int
+    timeout_ms: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    TYPE: ClassVar[int] = 4
+    request_id: int
+    status: int
+    headers: list[list[str]]
+    body: bytes
+    kv: dict[str, str] | None
+    fuel_used: int
+    elapsed_us: int
+    stderr: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failure:
+    TYPE: ClassVar[int] = 5
+    request_id: int
+    kind: str  # a FailureKind value
+    detail: str
+    fuel_used: int
+    elapsed_us: int
+    stderr: bytes
+
+
+Message = Configure | Ready | Invoke | Reply | Failure
+MESSAGE_TYPES: dict[int, type[Message]] = {
+    cls.TYPE: cls for cls in (Configure, Ready, Invoke, Reply, Failure)
+}
+
+
+class WireError(ValueError):
+    """A frame decoded as msgpack but is not a valid message."""
+
+
+Converter = Callable[[Any], Any]
+
+
+def _converter(tp: Any) -> Converter:
+    """Build a function that checks a decoded msgpack value against ``tp`` and
+    rebuilds nested dataclasses. Built once per field at import time."""
+    origin = typing.get_origin(tp)
+    if origin in (types.UnionType, typing.Union):
+        options = [_converter(arg) for arg in typing.get_args(tp) if arg is not type(None)]
+        allows_none = type(None) in typing.get_args(tp)
+
+        def convert_union(value: Any) -> Any:
+            if value is None and allows_none:
+                return None
+            return options[0](value)
+
+        return convert_union
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        convert_item = _converter(item_type)
+
+        def convert_list(value: Any) -> Any:
+            if not isinstance(value, list):
+                raise WireError(f"expected an array, got {type(value).__name__}")
+            return [convert_item(item) for item in value]
+
+        return convert_list
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        convert_key, convert_value = _converter(key_type), _converter(value_type)
+
+        def convert_dict(value: Any) -> Any:
+            if not isinstance(value, dict):
+                raise WireError(f"expected a map, got {type(value).__name__}")
+            return {convert_key(k): convert_value(v) for k, v in value.items()}
+
+        return convert_dict
+    if dataclasses.is_dataclass(tp):
+        return lambda value: _build(typing.cast(type[Any], tp), value)
+    if tp in (int, str, bytes, bool):
+        # bool is an int subclass; keep them apart so a flag can't pose as a count.
+        def convert_scalar(value: Any) -> Any:
+            if type(value) is not tp:
+                raise WireError(f"expected {tp.__name__}, got {type(value).__name__}")
+            return value
+
+        return convert_scalar
+    raise TypeError(f"unsupported wire type {tp!r}")
+
+
+_FIELD_CONVERTERS: dict[type[Any], list[Converter]] = {}
+
+
+def _field_converters(cls: type[Any]) -> list[Converter]:
+    convs = _FIELD_CONVERTERS.get(cls)
+    if convs is None:
+        hints = typing.get_type_hints(cls)
+        convs = [_converter(hints[f.name]) for f in dataclasses.fields(cls)]
+        _FIELD_CONVERTERS[cls] = convs
+    return convs
+
+
+def _build(cls: type[Any], values: Any) -> Any:
+    if not isinstance(values, list):
+        raise WireError(f"{cls.__name__}: expected an array")
+    convs = _field_converters(cls)
+    if len(values) != len(convs):
+        raise WireError(f"{cls.__name__}: expected {len(convs)} fields, got {len(values)}")
+    return cls(*(conv(value) for conv, value in zip(convs, values, strict=True)))
+
+
+def _flatten(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [_flatten(getattr(value, f.name)) for f in dataclasses.fields(value)]
+    if isinstance(value, list):
+        return [_flatten(item) for item in value]
+    return value
+
+
+def to_wire(message: Message) -> list[Any]:
+    """The msgpack-ready array for ``message``."""
+    return [message.TYPE, *_flatten(message)]
+
+
+def from_wire(obj: Any) -> Message:
+    """Check and rebuild a message from a decoded msgpack value.
+
+    Raises:
+        WireError: the value is not a well-formed message of a known type.
+    """
+    if not isinstance(obj, list) or not obj or type(obj[0]) is not int:
+        raise WireError("a frame must be an array starting with a message type")
+    cls = MESSAGE_TYPES.get(obj[0])
+    if cls is None:
+        raise WireError(f"unknown message type {obj[0]}")
+    return typing.cast(Message, _build(cls, obj[1:]))
+
+
+# Build every converter now, so a bad annotation fails at import, not mid-request.
+for _cls in (WorkerSpec, *MESSAGE_TYPES.values()):
+    _field_converters(_cls)

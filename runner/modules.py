@@ -1,0 +1,131 @@
+"""Compiling workers, and the on-disk cache of compiled modules.
+
+Compiling is the slowest thing a runner does (seconds for a large module), so
+the supervisor's prepare step compiles every worker once and every runner after
+it deserializes (well under a millisecond, the file is mmapped). Cache entries
+are keyed by the module's content hash, the wasmtime version and the engine
+settings, because a compiled artifact only loads into an engine built the same way.
+
+The cache directory is trusted: wasmtime does not validate a serialized module.
+It is created private (0700) and only the runner writes to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import wasmtime
+
+from ipc.messages import WorkerSpec
+from runner.wasmffi import export_names
+
+# Bump when the engine settings below change: it is part of every cache key.
+ENGINE_PROFILE = "fuel+epoch/v1"
+
+
+class LoadError(Exception):
+    """A worker cannot be loaded; the message is one line, fit for a user."""
+
+
+def make_engine() -> wasmtime.Engine:
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    config.cranelift_opt_level = "speed"
+    return wasmtime.Engine(config)
+
+
+def wasmtime_version() -> str:
+    from importlib.metadata import version
+
+    return version("wasmtime")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoadedWorker:
+    spec: WorkerSpec
+    module: wasmtime.Module
+    instance_pre: wasmtime.InstancePre
+    entry: str | None  # "_start" (command), "_initialize" (reactor) or None
+    has_memory_export: bool
+
+
+def read_wasm(spec: WorkerSpec) -> bytes:
+    try:
+        source = Path(spec.path).read_bytes()
+    except OSError as exc:
+        raise LoadError(f"cannot read the file: {exc.strerror}") from None
+    if spec.kind == "wat":
+        try:
+            return bytes(wasmtime.wat2wasm(source.decode("utf-8", errors="replace")))
+        except wasmtime.WasmtimeError as exc:
+            raise LoadError(f"invalid WebAssembly text: {_first_line(str(exc))}") from None
+    return source
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+class ModuleCache:
+    def __init__(self, engine: wasmtime.Engine, cache_dir: str) -> None:
+        self._engine = engine
+        self._dir = Path(cache_dir)
+        self._version = wasmtime_version()
+
+    def path_for(self, wasm: bytes) -> Path:
+        key = hashlib.sha256(wasm).hexdigest()
+        profile = hashlib.sha256(f"{self._version}|{ENGINE_PROFILE}".encode()).hexdigest()[:12]
+        return self._dir / f"{key}-{profile}.cwasm"
+
+    def load(self, wasm: bytes, *, write: bool) -> wasmtime.Module:
+        """The compiled module for ``wasm``: from the cache if present, else
+        compiled (and stored when ``write``)."""
+        cached = self.path_for(wasm)
+        if cached.exists():
+            try:
+                return wasmtime.Module.deserialize_file(self._engine, str(cached))
+            except wasmtime.WasmtimeError:
+                pass  # stale or truncated entry: recompile and replace it
+        try:
+            module = wasmtime.Module(self._engine, wasm)
+        except wasmtime.WasmtimeError as exc:
+            raise LoadError(f"invalid WebAssembly module: {_first_line(str(exc))}") from None
+        if write:
+            self._store(cached, module.serialize())
+        return module
+
+    def _store(self, target: Path, data: bytes) -> None:
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Write then rename, so a sibling runner never maps a half-written file.
+        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-", suffix=".cwasm")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def load_worker(spec: WorkerSpec, cache: ModuleCache, linker: wasmtime.Linker, *, write: bool) -> LoadedWorker:
+    """Compile or deserialize a worker and link it against WASI.
+
+    Raises:
+        LoadError: unreadable file, invalid module, an import we do not provide,
+            or a module that is both a command and a reactor.
+    """
+    module = cache.load(read_wasm(spec), write=write)
+    exports = export_names(module)
+    if "_start" in exports and "_initialize" in exports:
+        raise LoadError("the module exports both _start and _initialize; it must be a command or a reactor")
+    entry = "_start" if "_start" in exports else ("_initialize" if "_initialize" in exports else None)
+    try:
+        instance_pre = linker.instantiate_pre(module)
+    except wasmtime.WasmtimeError as exc:
+        raise LoadError(f"cannot link the module: {_first_line(str(exc))}") from None
+    return LoadedWorker(spec, module, instance_pre, entry, "memory" in exports)

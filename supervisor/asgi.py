@@ -1,0 +1,247 @@
+"""The ASGI application hypercorn runs: route, read the body, dispatch to the
+pool, and turn the outcome into an honest HTTP response."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import unquote
+
+import trio
+
+from ipc.messages import Failure, FailureKind, Invoke, Reply
+from supervisor.config import ServerConfig
+from supervisor.pool import Overloaded, Pool
+from supervisor.routes import Route, RouteKind, RouteTable, format_prefix, normalize_request_path
+from supervisor.static import PublicFolder, StaticFile
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+# What each failure tells the client. Bodies are fixed text: no host detail.
+FAILURE_STATUS: dict[FailureKind, int] = {
+    FailureKind.OUT_OF_FUEL: 504,
+    FailureKind.TIMEOUT: 504,
+    FailureKind.MEMORY_LIMIT: 500,
+    FailureKind.TRAP: 500,
+    FailureKind.BAD_OUTPUT: 500,
+    FailureKind.EXIT: 500,
+    FailureKind.LOAD_ERROR: 500,
+    FailureKind.INTERNAL: 500,
+    FailureKind.RUNNER_DIED: 502,
+    FailureKind.OVERLOADED: 503,
+    FailureKind.BODY_TOO_LARGE: 413,
+}
+FAILURE_BODY = b"<p>There was an error running this function</p>"
+_FAILURE_BODIES = {
+    FailureKind.OUT_OF_FUEL: b"<p>The function used up its CPU budget</p>",
+    FailureKind.TIMEOUT: b"<p>The function did not finish in time</p>",
+    FailureKind.MEMORY_LIMIT: b"<p>The function ran out of memory</p>",
+    FailureKind.OVERLOADED: b"<p>The server is busy, please retry shortly</p>",
+    FailureKind.BODY_TOO_LARGE: b"<p>The request body is too large</p>",
+}
+_STATIC_CHUNK = 256 << 10
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class WorkerApp:
+    def __init__(self, config: ServerConfig, routes: RouteTable, public: PublicFolder | None, pool: Pool) -> None:
+        self._config = config
+        self._routes = routes
+        self._public = public
+        self._pool = pool
+        self._prefix = format_prefix(config.prefix)
+        self._limits = config.limits
+        self._deadline_s = (config.limits.timeout_ms + config.pool.kill_grace_ms) / 1000
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # websockets are not served
+        raw = scope.get("raw_path") or scope["path"].encode()
+        path = normalize_request_path(raw.decode("latin-1").split("?", 1)[0])
+        resolved = self._routes.resolve(path)
+        if resolved is not None:
+            route, params = resolved
+            if route.kind is not RouteKind.STATIC:
+                # Public files win over dynamic and catch-all routes (wws does the same).
+                static = self._static_for(path)
+                if static is not None:
+                    await self._send_static(scope, send, static)
+                    return
+            await self._run_worker(scope, receive, send, route, params, path)
+            return
+        static = self._static_for(path)
+        if static is not None:
+            await self._send_static(scope, send, static)
+            return
+        await self._not_found(scope, send)
+
+    def _static_for(self, path: str) -> StaticFile | None:
+        if self._public is None:
+            return None
+        if self._prefix:
+            if path != self._prefix and not path.startswith(self._prefix + "/"):
+                return None
+            path = path[len(self._prefix) :] or "/"
+        return self._public.lookup(unquote(path))
+
+    async def _run_worker(
+        self, scope: Scope, receive: Receive, send: Send, route: Route, params: dict[str, str], path: str
+    ) -> None:
+        try:
+            body = await _read_body(scope, receive, self._config.max_body_bytes)
+        except _BodyTooLarge:
+            log.warning("%s %s: request body over %d bytes refused", scope["method"], path,
+                        self._config.max_body_bytes)
+            await _send_failure(send, FailureKind.BODY_TOO_LARGE)
+            return
+        invoke = Invoke(
+            request_id=self._pool.next_request_id(),
+            worker_id=route.worker.relative,
+            method=scope["method"],
+            url=_full_url(scope),
+            headers=[[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+            body=body,
+            params=params,
+            kv={},
+            fuel=self._limits.fuel,
+            memory_bytes=self._limits.memory_bytes,
+            timeout_ms=self._limits.timeout_ms,
+        )
+        try:
+            job = await self._pool.submit(invoke, self._deadline_s)
+        except Overloaded as exc:
+            log.warning("%s %s: 503, %s", scope["method"], path, exc)
+            await _send_failure(send, FailureKind.OVERLOADED)
+            return
+        result = job.result
+        assert result is not None
+        if result.stderr:
+            for line in result.stderr.decode("utf-8", "replace").splitlines():
+                log.info("[%s] %s", route.path, line)
+        if isinstance(result, Reply):
+            await _send_reply(send, result)
+            return
+        _log_failure(route, result, self._limits.fuel)
+        await _send_failure(send, FailureKind(result.kind))
+
+    async def _send_static(self, scope: Scope, send: Send, static: StaticFile, status: int = 200) -> None:
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            await _plain(send, 405, b"Method not allowed", [(b"allow", b"GET, HEAD")])
+            return
+        headers = [
+            (b"content-type", static.content_type.encode()),
+            (b"etag", static.etag.encode()),
+            (b"last-modified", static.last_modified.encode()),
+        ]
+        request_headers = dict(scope["headers"])
+        if status == 200 and request_headers.get(b"if-none-match") == static.etag.encode():
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        headers.append((b"content-length", str(static.size).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        if method == "HEAD":
+            await send({"type": "http.response.body", "body": b""})
+            return
+        async with await trio.open_file(static.path, "rb") as file:
+            while True:
+                chunk = await file.read(_STATIC_CHUNK)
+                more = len(chunk) == _STATIC_CHUNK
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+                if not more:
+                    return
+
+    async def _not_found(self, scope: Scope, send: Send) -> None:
+        page = self._public.lookup("/404.html") if self._public is not None else None
+        if page is not None and scope["method"] in ("GET", "HEAD"):
+            await self._send_static(scope, send, page, status=404)
+            return
+        await _plain(send, 404, b"")
+
+
+def _full_url(scope: Scope) -> str:
+    host = ""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value.decode("latin-1")
+            break
+    if not host and scope.get("server"):
+        server_host, server_port = scope["server"][:2]
+        host = f"{server_host}:{server_port}"
+    raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    query = scope.get("query_string", b"").decode("latin-1")
+    url = f"{scope.get('scheme', 'http')}://{host}{normalize_request_path(raw)}"
+    return f"{url}?{query}" if query else url
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _send_reply(send: Send, reply: Reply) -> None:
+    headers = [(name.encode("latin-1"), value.encode("latin-1", "replace")) for name, value in reply.headers]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": reply.body})
+
+
+async def _send_failure(send: Send, kind: FailureKind) -> None:
+    extra = [(b"x-wws-failure", kind.value.encode())]
+    if kind is FailureKind.OVERLOADED:
+        extra.append((b"retry-after", b"1"))
+    await _plain(send, FAILURE_STATUS[kind], _FAILURE_BODIES.get(kind, FAILURE_BODY), extra, b"text/html")
+
+
+async def _plain(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None,
+    content_type: bytes = b"text/plain; charset=utf-8",
+) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _log_failure(route: Route, failure: Failure, fuel: int) -> None:
+    log.warning(
+        "worker %s (%s) failed: %s: %s [fuel %d/%d, %.1f ms]",
+        route.path, route.worker.relative, failure.kind, failure.detail,
+        failure.fuel_used, fuel, failure.elapsed_us / 1000,
+    )
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # hypercorn crashes at startup if an app returns early from the lifespan
+    # scope, so answer both events properly.
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

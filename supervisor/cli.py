@@ -1,0 +1,146 @@
+"""``wws-supervisor``: the command line (wws-compatible flags plus our limits)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from supervisor import __version__
+from supervisor.config import Limits, PoolSettings, ServerConfig, default_cache_dir
+
+_DESCRIPTION = """\
+Serve a folder of WebAssembly workers over HTTP, like Wasm Workers Server (wws),
+but with every worker running in a supervised pool of sandboxed processes under
+CPU (fuel), memory and wall-clock limits.
+
+Routes come from file paths: api/hello.wasm -> /api/hello, index.wasm -> /,
+users/[id].wasm -> /users/42 (params), docs/[...path].wasm -> any depth.
+Files in public/ are served as static files. Names starting with _ are ignored.
+"""
+
+_EPILOG = """\
+examples:
+  wws-supervisor examples/                 serve the bundled examples on :8080
+  wws-supervisor . -p 0                    pick a free port (printed at startup)
+  wws-supervisor site --prefix /app        mount every route under /app
+  wws-supervisor . --timeout-ms 500 --memory-mb 32 --workers 4
+
+failure statuses: 500 trap, bad output or memory limit; 502 runner died;
+503 overloaded (with Retry-After); 504 fuel or time limit; 413 body too large.
+The response header x-wws-failure names the failure; details go to the log.
+"""
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0-65535")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults_limits, defaults_pool = Limits(), PoolSettings()
+    parser = argparse.ArgumentParser(
+        prog="wws-supervisor",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("path", nargs="?", default=".", help="project folder to serve (default: .)")
+    parser.add_argument("-V", "--version", action="version", version=f"wws-supervisor {__version__}")
+    http = parser.add_argument_group("server (as in wws)")
+    http.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    http.add_argument("-p", "--port", type=_port, default=8080,
+                      help="port to listen on; 0 picks a free one (default: 8080)")
+    http.add_argument("--prefix", default="", help="path prefix for every route and for public/ (e.g. /app)")
+    http.add_argument("--ignore", action="append", default=[], metavar="GLOB",
+                      help="skip worker files matching GLOB, relative to PATH (repeatable), e.g. '**/drafts/**'")
+    limits = parser.add_argument_group("limits (defaults for every worker)")
+    limits.add_argument("--fuel", type=_positive, default=defaults_limits.fuel,
+                        help=f"wasm fuel per request, about one unit per instruction (default: {defaults_limits.fuel})")
+    limits.add_argument("--memory-mb", type=_positive, default=defaults_limits.memory_mb,
+                        help=f"linear memory per request in MiB (default: {defaults_limits.memory_mb})")
+    limits.add_argument("--timeout-ms", type=_positive, default=defaults_limits.timeout_ms,
+                        help=f"wall-clock limit per request (default: {defaults_limits.timeout_ms})")
+    limits.add_argument("--max-body-kb", type=_positive, default=256,
+                        help="largest request body accepted, larger gets 413 (default: 256)")
+    pool = parser.add_argument_group("runner pool")
+    pool.add_argument("-w", "--workers", type=_positive, default=defaults_pool.workers,
+                      help=f"runner processes (default: CPU count, here {defaults_pool.workers})")
+    pool.add_argument("--queue-size", type=_positive, default=defaults_pool.queue_size,
+                      help=f"requests that may wait for a runner before 503 (default: {defaults_pool.queue_size})")
+    pool.add_argument("--queue-timeout-ms", type=_positive, default=int(defaults_pool.queue_timeout_s * 1000),
+                      help="longest wait for a free runner before 503 (default: %(default)s)")
+    pool.add_argument("--max-requests", type=_positive, default=defaults_pool.max_requests,
+                      help="recycle a runner after this many requests, plus jitter (default: %(default)s)")
+    pool.add_argument("--max-runner-rss-mb", type=_positive, default=defaults_pool.max_runner_rss_mb,
+                      help="recycle a runner whose RSS passes this (default: %(default)s)")
+    ops = parser.add_argument_group("operations")
+    ops.add_argument("--graceful-timeout", type=float, default=10.0, metavar="SECONDS",
+                     help="on SIGTERM/SIGINT, time allowed for in-flight requests (default: 10)")
+    ops.add_argument("--cache-dir", type=Path, default=None,
+                     help=f"compiled-module cache (default: {default_cache_dir()})")
+    ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                     help="log verbosity on stderr (default: info)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        project=Path(args.path),
+        host=args.host,
+        port=args.port,
+        prefix=args.prefix,
+        ignore=tuple(args.ignore),
+        limits=Limits(fuel=args.fuel, memory_mb=args.memory_mb, timeout_ms=args.timeout_ms),
+        pool=PoolSettings(
+            workers=args.workers,
+            queue_size=args.queue_size,
+            queue_timeout_s=args.queue_timeout_ms / 1000,
+            max_requests=args.max_requests,
+            max_runner_rss_mb=args.max_runner_rss_mb,
+        ),
+        max_body_bytes=args.max_body_kb << 10,
+        graceful_timeout_s=args.graceful_timeout,
+        cache_dir=args.cache_dir or default_cache_dir(),
+        log_level=args.log_level,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = config_from_args(args)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from supervisor.server import StartupError, run
+
+    try:
+        run(config, args.path, sys.stdout)
+    except StartupError as exc:
+        print(f"❌ {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

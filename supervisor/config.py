@@ -1,0 +1,58 @@
+"""The supervisor's typed configuration: the single source of truth, built from
+the command line, from which hypercorn's and the runners' settings are derived."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-request limits applied to every worker."""
+
+    fuel: int = 2_000_000_000  # wasm instructions, roughly; about a second of work
+    memory_mb: int = 128
+    timeout_ms: int = 5_000
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mb << 20
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolSettings:
+    workers: int = dataclasses.field(default_factory=lambda: os.cpu_count() or 1)
+    # Requests waiting for a free runner before new ones get 503.
+    queue_size: int = 256
+    queue_timeout_s: float = 10.0
+    # Extra time the supervisor gives a runner past the request's own timeout
+    # before it concludes the runner is stuck and kills it.
+    kill_grace_ms: int = 1_000
+    max_requests: int = 10_000
+    max_requests_jitter: int = 1_000
+    max_runner_rss_mb: int = 256
+    boot_timeout_s: float = 60.0
+    max_output_bytes: int = 16 << 20
+    epoch_tick_ms: int = 10
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerConfig:
+    project: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    prefix: str = ""
+    ignore: tuple[str, ...] = ()
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    pool: PoolSettings = dataclasses.field(default_factory=PoolSettings)
+    max_body_bytes: int = 256 << 10
+    graceful_timeout_s: float = 10.0
+    cache_dir: Path = dataclasses.field(default_factory=lambda: default_cache_dir())
+    log_level: str = "info"
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "wws-supervisor"

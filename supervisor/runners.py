@@ -1,0 +1,169 @@
+"""One runner process as the supervisor sees it: spawn, handshake, one call at
+a time, kill. The process itself is owned by a ``trio.run_process`` task in the
+caller's nursery, so it is always reaped, whatever happens here."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
+import trio
+
+from ipc.codec import FrameDecoder, ProtocolError, encode
+from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Message, Ready, Reply
+
+log = logging.getLogger(__name__)
+_READ_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+_PIPE_SIZE = 1 << 20
+
+
+class RunnerLost(Exception):
+    """The runner can no longer be used; it has been (or is being) killed."""
+
+    def __init__(self, kind: FailureKind, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+async def _close_then_kill(process: trio.Process) -> None:
+    # Closing stdin asks the runner to finish; a runner stuck in wasm or in a
+    # host call never reads it, so it gets SIGKILL after a short grace.
+    if process.stdin is not None:
+        with trio.move_on_after(0.1):
+            await process.stdin.aclose()
+    with trio.move_on_after(2):
+        await process.wait()
+        return
+    process.kill()
+
+
+def runner_command() -> list[str]:
+    return [sys.executable, "-m", "runner"]
+
+
+def _runner_env() -> dict[str, str]:
+    # The runner process sees the host environment minus anything that would
+    # change how Python starts; workers never see it (WASI env is explicit).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHONINSPECT")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class RunnerHandle:
+    def __init__(self, process: trio.Process) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        self.process = process
+        self.pid = process.pid
+        self._stdin = process.stdin
+        self._stdout = process.stdout
+        self._decoder = FrameDecoder()
+        self._pending: list[Message] = []
+        self.requests_served = 0
+        self._ps = psutil.Process(process.pid)
+        for stream in (self._stdin, self._stdout):
+            try:
+                import fcntl
+
+                fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                pass
+
+    async def _receive(self) -> Message:
+        while not self._pending:
+            try:
+                data = await self._stdout.receive_some(_READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                raise RunnerLost(FailureKind.RUNNER_DIED, "the runner closed its pipe")
+            try:
+                self._pending.extend(self._decoder.feed(data))
+            except ProtocolError as exc:
+                self.kill()
+                raise RunnerLost(FailureKind.INTERNAL, f"runner protocol error: {exc}") from None
+        return self._pending.pop(0)
+
+    async def _send(self, message: Message) -> None:
+        try:
+            await self._stdin.send_all(encode(message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise RunnerLost(FailureKind.RUNNER_DIED, "the runner closed its pipe") from None
+
+    async def handshake(self, configure: Configure) -> Ready:
+        await self._send(configure)
+        reply = await self._receive()
+        if not isinstance(reply, Ready) or reply.protocol_version != PROTOCOL_VERSION:
+            self.kill()
+            raise RunnerLost(FailureKind.INTERNAL, f"unexpected handshake reply {type(reply).__name__}")
+        return reply
+
+    async def call(self, invoke: Invoke, deadline_s: float) -> Reply | Failure:
+        """Run one request; the runner is killed if it has not answered by ``deadline_s``.
+
+        Raises:
+            RunnerLost: the runner died, broke the protocol or missed the deadline.
+        """
+        with trio.move_on_after(deadline_s):
+            await self._send(invoke)
+            reply = await self._receive()
+            if not isinstance(reply, Reply | Failure) or reply.request_id != invoke.request_id:
+                self.kill()
+                raise RunnerLost(FailureKind.INTERNAL, "the runner answered out of turn")
+            self.requests_served += 1
+            return reply
+        self.kill()
+        raise RunnerLost(FailureKind.TIMEOUT, f"no answer within {deadline_s:.3f} s; runner killed")
+
+    def rss_bytes(self) -> int:
+        try:
+            return int(self._ps.memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def kill(self) -> None:
+        try:
+            self.process.kill()
+        except ProcessLookupError:
+            pass
+
+    async def close(self) -> None:
+        """Ask the runner to exit (EOF on its stdin)."""
+        with trio.move_on_after(0.1):
+            await self._stdin.aclose()
+
+
+async def start_runner(nursery: trio.Nursery) -> RunnerHandle:
+    """Spawn ``python -m runner`` owned by a task in ``nursery``."""
+    process: trio.Process = await nursery.start(
+        functools.partial(
+            trio.run_process,
+            runner_command(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            check=False,
+            # Out of the terminal's process group: Ctrl-C goes to the
+            # supervisor only, which then stops the runners in order.
+            start_new_session=True,
+            deliver_cancel=_close_then_kill,
+            env=_runner_env(),
+        )
+    )
+    return RunnerHandle(process)

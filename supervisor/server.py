@@ -1,0 +1,152 @@
+"""The supervisor's trio program: bind, compile, start the pool, serve HTTP
+through embedded hypercorn, and shut down in order on SIGTERM/SIGINT.
+
+Everything lives in one nursery tree: the signal watcher, the pool (which owns
+every runner process) and hypercorn. Shutdown: stop accepting, let in-flight
+requests finish within the grace period, then stop the runners.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from ipc.messages import WorkerSpec
+from supervisor.asgi import WorkerApp
+from supervisor.config import ServerConfig
+from supervisor.discovery import discover
+from supervisor.pool import Pool
+from supervisor.routes import RouteTable
+from supervisor.static import PublicFolder
+
+log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A problem the user must fix before the server can start; one line."""
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _scratch_root() -> str:
+    # Guest stdout/stderr files live here; tmpfs keeps them off the disk.
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+    return tempfile.mkdtemp(prefix="wws-supervisor-", dir=base)
+
+
+def _hypercorn_config(config: ServerConfig, fd: int) -> hypercorn.config.Config:
+    hc = hypercorn.config.Config()
+    hc.bind = [f"fd://{fd}"]
+    hc.graceful_timeout = config.graceful_timeout_s
+    hc.include_server_header = False
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    return hc
+
+
+async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
+    """Run the server until a signal stops it.
+
+    Raises:
+        StartupError: a missing project, an unusable port, or a worker that
+            cannot be loaded. Nothing is left running.
+    """
+    started = time.perf_counter()
+    print(f"⚙️  Preparing the project from: {project_arg}", file=out)
+    project = config.project
+    if not project.is_dir():
+        raise StartupError(f"there is no folder at {project_arg}; pass the folder that holds your workers")
+    print(f"⚙️  Loading routes from: {project_arg}", file=out)
+    try:
+        workers = discover(project, config.ignore)
+    except OSError as exc:
+        raise StartupError(f"cannot read the project folder: {exc}") from None
+    routes = RouteTable(workers, config.prefix)
+    sock = bind_socket(config.host, config.port)
+    port = sock.getsockname()[1]
+    print(f"⏳ Loading workers from {len(routes.routes)} routes...", file=out)
+    scratch = Path(_scratch_root())
+    try:
+        specs = [WorkerSpec(w.relative, str(w.absolute), w.kind) for w in workers]
+        pool = Pool(config.pool, specs, config.cache_dir, scratch)
+        try:
+            errors = await pool.prepare()
+        except RuntimeError as exc:
+            raise StartupError(str(exc)) from None
+        if errors:
+            worker_id, reason = next(iter(errors.items()))
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise StartupError(f"cannot load worker {worker_id}: {reason}{more}")
+        public_dir = project / "public"
+        public = PublicFolder(public_dir) if public_dir.is_dir() else None
+        app = WorkerApp(config, routes, public, pool)
+        base_url = f"http://{_url_host(config.host)}:{port}"
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            print(f"✅ Workers loaded in {time.perf_counter() - started:.3f}s.", file=out)
+            for route in routes.routes:
+                print(f"    - {base_url}{route.path}", file=out)
+                print(f"      => {os.path.join(project_arg, route.worker.relative)}", file=out)
+            stop = trio.Event()
+            signals_scope = trio.CancelScope()
+            nursery.start_soon(_watch_signals, stop, signals_scope, nursery.cancel_scope)
+
+            async def run_http(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+                try:
+                    await hypercorn.trio.serve(
+                        app,  # type: ignore[arg-type]
+                        _hypercorn_config(config, sock.detach()),
+                        shutdown_trigger=stop.wait,
+                        task_status=task_status,
+                    )
+                finally:
+                    pool.close()
+                    signals_scope.cancel()
+
+            await nursery.start(run_http)
+            print(f"🚀 Start serving requests at {base_url}\n", file=out, flush=True)
+    finally:
+        sock.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _watch_signals(stop: trio.Event, scope: trio.CancelScope, everything: trio.CancelScope) -> None:
+    with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if not stop.is_set():
+                log.info("%s received: finishing in-flight requests, then stopping", signal.Signals(signum).name)
+                stop.set()
+            else:
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                everything.cancel()
+
+
+def run(config: ServerConfig, project_arg: str, out: TextIO) -> None:
+    trio.run(functools.partial(serve, config, project_arg, out))
