@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Rebuild the compiled example workers from their C sources with the ziglang
+# package from PyPI (pinned in pyproject's "build" extra), so the result is
+# reproducible on any machine: `pip install -e '.[build]' && examples/_src/build.sh`.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="$(dirname "$here")"
+# A 256 KiB stack instead of the toolchain's 16 MiB default keeps the workers
+# well inside small --memory-mb limits.
+cc() { python -m ziglang cc --target=wasm32-wasi -O2 -s -Wl,-z,stack-size=262144 "$@"; }
+cc "$here/user.c" -o "$out/users/[id].wasm"
+cc "$here/echo.c" -o "$out/c/echo.wasm"

@@ -1,0 +1,22 @@
+;; /hello: the smallest possible worker, in WebAssembly text (compiled at load).
+;; It ignores its input and writes one wws response object to stdout.
+(module
+  (import "wasi_snapshot_preview1" "fd_write"
+    (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64)
+    "{\"data\":\"<!doctype html><title>Hello</title><h1>Hello from WebAssembly text</h1>\",\"status\":200,\"headers\":{\"content-type\":\"text/html; charset=utf-8\"},\"kv\":{}}")
+  ;; Length of the NUL-terminated string at $p (the rest of the page is zeros).
+  (func $strlen (param $p i32) (result i32)
+    (local $n i32)
+    (block $done
+      (loop $next
+        (br_if $done (i32.eqz (i32.load8_u (i32.add (local.get $p) (local.get $n)))))
+        (local.set $n (i32.add (local.get $n) (i32.const 1)))
+        (br $next)))
+    (local.get $n))
+  (func (export "_start")
+    ;; one iovec at address 0: {buf = 64, len = strlen(64)}
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (call $strlen (i32.const 64)))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
