@@ -31,7 +31,7 @@ def encode(message: Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     Raises:
         ProtocolError: the encoded message is larger than ``max_frame``.
     """
-    body = msgpack.packb(to_wire(message), use_bin_type=True)
+    body: bytes = msgpack.packb(to_wire(message), use_bin_type=True)
     if len(body) > max_frame:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds the {max_frame}-byte limit")
     return HEADER.pack(len(body)) + body
@@ -56,7 +56,7 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._broken: ProtocolError | None = None
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Add ``data`` and return the messages it completes, oldest first.
 
         Raises:
@@ -71,9 +71,7 @@ class FrameDecoder:
             while len(self._buffer) >= HEADER.size:
                 (length,) = HEADER.unpack_from(self._buffer)
                 if length > self._max_frame:
-                    raise ProtocolError(
-                        f"frame of {length} bytes exceeds the {self._max_frame}-byte limit"
-                    )
+                    raise ProtocolError(f"frame of {length} bytes exceeds the {self._max_frame}-byte limit")
                 end = HEADER.size + length
                 if len(self._buffer) < end:
                     break

@@ -17,7 +17,7 @@ import signal
 import sys
 
 from ipc.codec import FrameDecoder, ProtocolError, encode
-from ipc.messages import PROTOCOL_VERSION, Configure, Invoke, Ready
+from ipc.messages import PROTOCOL_VERSION, Configure, Invoke, Message, Ready
 
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3
@@ -34,9 +34,9 @@ class _Channel:
     def __init__(self, read_fd: int, write_fd: int) -> None:
         self._read_fd, self._write_fd = read_fd, write_fd
         self._decoder = FrameDecoder()
-        self._pending: list[object] = []
+        self._pending: list[Message] = []
 
-    def receive(self) -> object | None:
+    def receive(self) -> Message | None:
         """The next message, or None at end of stream."""
         while not self._pending:
             data = os.read(self._read_fd, _READ_SIZE)
@@ -45,8 +45,8 @@ class _Channel:
             self._pending.extend(self._decoder.feed(data))
         return self._pending.pop(0)
 
-    def send(self, message: object) -> None:
-        frame = memoryview(encode(message))  # type: ignore[arg-type]
+    def send(self, message: Message) -> None:
+        frame = memoryview(encode(message))
         while frame:
             written = os.write(self._write_fd, frame)
             frame = frame[written:]

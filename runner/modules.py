@@ -96,7 +96,7 @@ class ModuleCache:
         except wasmtime.WasmtimeError as exc:
             raise LoadError(f"invalid WebAssembly module: {_first_line(str(exc))}") from None
         if write:
-            self._store(cached, module.serialize())
+            self._store(cached, bytes(module.serialize()))
         return module
 
     def _store(self, target: Path, data: bytes) -> None:
@@ -112,7 +112,9 @@ class ModuleCache:
             raise
 
 
-def load_worker(spec: WorkerSpec, cache: ModuleCache, linker: wasmtime.Linker, *, write: bool) -> LoadedWorker:
+def load_worker(
+    spec: WorkerSpec, cache: ModuleCache, linker: wasmtime.Linker, *, write: bool
+) -> LoadedWorker:
     """Compile or deserialize a worker and link it against WASI.
 
     Raises:

@@ -57,7 +57,9 @@ class Sandbox:
         started = time.perf_counter()
         worker = self._workers.get(invoke.worker_id)
         if worker is None:
-            return Failure(invoke.request_id, FailureKind.LOAD_ERROR, "worker is not loaded in this runner", 0, 0, b"")
+            return Failure(
+                invoke.request_id, FailureKind.LOAD_ERROR, "worker is not loaded in this runner", 0, 0, b""
+            )
         store = wasmtime.Store(self._engine)
         store.set_fuel(invoke.fuel)
         store.set_limits(memory_size=invoke.memory_bytes, instances=4, tables=4, memories=1)
@@ -82,23 +84,38 @@ class Sandbox:
             except BadOutput as exc:
                 outcome = _Outcome(FailureKind.BAD_OUTPUT, str(exc))
             else:
-                return Reply(invoke.request_id, response.status, response.headers, response.body,
-                             response.kv, fuel_used, elapsed_us, stderr)
+                return Reply(
+                    invoke.request_id,
+                    response.status,
+                    response.headers,
+                    response.body,
+                    response.kv,
+                    fuel_used,
+                    elapsed_us,
+                    stderr,
+                )
         if outcome.kind in (FailureKind.TRAP, FailureKind.BAD_OUTPUT, FailureKind.EXIT) and _at_memory_limit(
             store, instance, invoke.memory_bytes
         ):
             # The guest's allocator hit the limit (memory.grow returned -1) and
             # it aborted; say so instead of reporting the abort itself.
-            outcome = _Outcome(FailureKind.MEMORY_LIMIT, f"memory limit of {invoke.memory_bytes} bytes reached ({outcome.detail})")
+            outcome = _Outcome(
+                FailureKind.MEMORY_LIMIT,
+                f"memory limit of {invoke.memory_bytes} bytes reached ({outcome.detail})",
+            )
         assert outcome.kind is not None
         return Failure(invoke.request_id, outcome.kind, outcome.detail, fuel_used, elapsed_us, stderr)
 
-    def _execute(self, store: wasmtime.Store, worker: LoadedWorker, outcome: _Outcome) -> wasmtime.Instance | None:
+    def _execute(
+        self, store: wasmtime.Store, worker: LoadedWorker, outcome: _Outcome
+    ) -> wasmtime.Instance | None:
         instance: wasmtime.Instance | None = None
         try:
             instance = worker.instance_pre.instantiate(store)
             if worker.entry is not None:
                 entry = export_get(store, instance, worker.entry)
+                if not isinstance(entry, wasmtime.Func):
+                    raise wasmtime.WasmtimeError(f"{worker.entry} is not a function")
                 entry(store)
         except wasmtime.ExitTrap as exc:
             if exc.code != 0:

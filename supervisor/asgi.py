@@ -51,7 +51,9 @@ class _BodyTooLarge(Exception):
 
 
 class WorkerApp:
-    def __init__(self, config: ServerConfig, routes: RouteTable, public: PublicFolder | None, pool: Pool) -> None:
+    def __init__(
+        self, config: ServerConfig, routes: RouteTable, public: PublicFolder | None, pool: Pool
+    ) -> None:
         self._config = config
         self._routes = routes
         self._public = public
@@ -100,8 +102,12 @@ class WorkerApp:
         try:
             body = await _read_body(scope, receive, self._config.max_body_bytes)
         except _BodyTooLarge:
-            log.warning("%s %s: request body over %d bytes refused", scope["method"], path,
-                        self._config.max_body_bytes)
+            log.warning(
+                "%s %s: request body over %d bytes refused",
+                scope["method"],
+                path,
+                self._config.max_body_bytes,
+            )
             await _send_failure(send, FailureKind.BODY_TOO_LARGE)
             return
         invoke = Invoke(
@@ -219,7 +225,10 @@ async def _send_failure(send: Send, kind: FailureKind) -> None:
 
 
 async def _plain(
-    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None,
+    send: Send,
+    status: int,
+    body: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
     content_type: bytes = b"text/plain; charset=utf-8",
 ) -> None:
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(extra or [])]
@@ -230,8 +239,13 @@ async def _plain(
 def _log_failure(route: Route, failure: Failure, fuel: int) -> None:
     log.warning(
         "worker %s (%s) failed: %s: %s [fuel %d/%d, %.1f ms]",
-        route.path, route.worker.relative, failure.kind, failure.detail,
-        failure.fuel_used, fuel, failure.elapsed_us / 1000,
+        route.path,
+        route.worker.relative,
+        failure.kind,
+        failure.detail,
+        failure.fuel_used,
+        fuel,
+        failure.elapsed_us / 1000,
     )
 
 

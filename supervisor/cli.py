@@ -65,38 +65,91 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"wws-supervisor {__version__}")
     http = parser.add_argument_group("server (as in wws)")
     http.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    http.add_argument("-p", "--port", type=_port, default=8080,
-                      help="port to listen on; 0 picks a free one (default: 8080)")
+    http.add_argument(
+        "-p", "--port", type=_port, default=8080, help="port to listen on; 0 picks a free one (default: 8080)"
+    )
     http.add_argument("--prefix", default="", help="path prefix for every route and for public/ (e.g. /app)")
-    http.add_argument("--ignore", action="append", default=[], metavar="GLOB",
-                      help="skip worker files matching GLOB, relative to PATH (repeatable), e.g. '**/drafts/**'")
+    http.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip worker files matching GLOB, relative to PATH (repeatable), e.g. '**/drafts/**'",
+    )
     limits = parser.add_argument_group("limits (defaults for every worker)")
-    limits.add_argument("--fuel", type=_positive, default=defaults_limits.fuel,
-                        help=f"wasm fuel per request, about one unit per instruction (default: {defaults_limits.fuel})")
-    limits.add_argument("--memory-mb", type=_positive, default=defaults_limits.memory_mb,
-                        help=f"linear memory per request in MiB (default: {defaults_limits.memory_mb})")
-    limits.add_argument("--timeout-ms", type=_positive, default=defaults_limits.timeout_ms,
-                        help=f"wall-clock limit per request (default: {defaults_limits.timeout_ms})")
-    limits.add_argument("--max-body-kb", type=_positive, default=256,
-                        help="largest request body accepted, larger gets 413 (default: 256)")
+    limits.add_argument(
+        "--fuel",
+        type=_positive,
+        default=defaults_limits.fuel,
+        help=f"wasm fuel per request, about one unit per instruction (default: {defaults_limits.fuel})",
+    )
+    limits.add_argument(
+        "--memory-mb",
+        type=_positive,
+        default=defaults_limits.memory_mb,
+        help=f"linear memory per request in MiB (default: {defaults_limits.memory_mb})",
+    )
+    limits.add_argument(
+        "--timeout-ms",
+        type=_positive,
+        default=defaults_limits.timeout_ms,
+        help=f"wall-clock limit per request (default: {defaults_limits.timeout_ms})",
+    )
+    limits.add_argument(
+        "--max-body-kb",
+        type=_positive,
+        default=256,
+        help="largest request body accepted, larger gets 413 (default: 256)",
+    )
     pool = parser.add_argument_group("runner pool")
-    pool.add_argument("-w", "--workers", type=_positive, default=defaults_pool.workers,
-                      help=f"runner processes (default: CPU count, here {defaults_pool.workers})")
-    pool.add_argument("--queue-size", type=_positive, default=defaults_pool.queue_size,
-                      help=f"requests that may wait for a runner before 503 (default: {defaults_pool.queue_size})")
-    pool.add_argument("--queue-timeout-ms", type=_positive, default=int(defaults_pool.queue_timeout_s * 1000),
-                      help="longest wait for a free runner before 503 (default: %(default)s)")
-    pool.add_argument("--max-requests", type=_positive, default=defaults_pool.max_requests,
-                      help="recycle a runner after this many requests, plus jitter (default: %(default)s)")
-    pool.add_argument("--max-runner-rss-mb", type=_positive, default=defaults_pool.max_runner_rss_mb,
-                      help="recycle a runner whose RSS passes this (default: %(default)s)")
+    pool.add_argument(
+        "-w",
+        "--workers",
+        type=_positive,
+        default=defaults_pool.workers,
+        help=f"runner processes (default: CPU count, here {defaults_pool.workers})",
+    )
+    pool.add_argument(
+        "--queue-size",
+        type=_positive,
+        default=defaults_pool.queue_size,
+        help=f"requests that may wait for a runner before 503 (default: {defaults_pool.queue_size})",
+    )
+    pool.add_argument(
+        "--queue-timeout-ms",
+        type=_positive,
+        default=int(defaults_pool.queue_timeout_s * 1000),
+        help="longest wait for a free runner before 503 (default: %(default)s)",
+    )
+    pool.add_argument(
+        "--max-requests",
+        type=_positive,
+        default=defaults_pool.max_requests,
+        help="recycle a runner after this many requests, plus jitter (default: %(default)s)",
+    )
+    pool.add_argument(
+        "--max-runner-rss-mb",
+        type=_positive,
+        default=defaults_pool.max_runner_rss_mb,
+        help="recycle a runner whose RSS passes this (default: %(default)s)",
+    )
     ops = parser.add_argument_group("operations")
-    ops.add_argument("--graceful-timeout", type=float, default=10.0, metavar="SECONDS",
-                     help="on SIGTERM/SIGINT, time allowed for in-flight requests (default: 10)")
-    ops.add_argument("--cache-dir", type=Path, default=None,
-                     help=f"compiled-module cache (default: {default_cache_dir()})")
-    ops.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                     help="log verbosity on stderr (default: info)")
+    ops.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, time allowed for in-flight requests (default: 10)",
+    )
+    ops.add_argument(
+        "--cache-dir", type=Path, default=None, help=f"compiled-module cache (default: {default_cache_dir()})"
+    )
+    ops.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (default: info)",
+    )
     return parser
 
 

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 10.0
 _FIRST_BACKOFF_S = 0.05
+# A runner that crashes sooner than this after its start counts towards the backoff.
+_STABLE_AFTER_S = 10.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -41,6 +43,7 @@ class Job:
     picked: trio.Event = dataclasses.field(default_factory=trio.Event)
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     abandoned: bool = False
+    retried: bool = False
     result: Reply | Failure | None = None
     runner_pid: int = 0
 
@@ -50,7 +53,9 @@ class Overloaded(Exception):
 
 
 class Pool:
-    def __init__(self, settings: PoolSettings, workers: list[WorkerSpec], cache_dir: Path, scratch_dir: Path) -> None:
+    def __init__(
+        self, settings: PoolSettings, workers: list[WorkerSpec], cache_dir: Path, scratch_dir: Path
+    ) -> None:
         self.settings = settings
         self._workers = workers
         self._cache_dir = cache_dir
@@ -104,7 +109,9 @@ class Pool:
         """Stop taking requests; runners exit once the queue is drained."""
         self._send.close()
 
-    async def submit(self, invoke: Invoke, deadline_s: float, on_picked: Callable[[Job], None] | None = None) -> Job:
+    async def submit(
+        self, invoke: Invoke, deadline_s: float, on_picked: Callable[[Job], None] | None = None
+    ) -> Job:
         """Queue ``invoke`` and wait for its outcome.
 
         Raises:
@@ -143,22 +150,34 @@ class Pool:
                 announced = True
                 self._mark_ready()
 
+        carry: list[Job] = []
         while True:
             if failures:
                 delay = min(_MAX_BACKOFF_S, _FIRST_BACKOFF_S * 2 ** (failures - 1))
-                log.warning("runner slot %d: restarting in %.2f s after %d crash(es) in a row", index, delay, failures)
+                log.warning(
+                    "runner slot %d: restarting in %.2f s after %d crash(es) in a row", index, delay, failures
+                )
                 await trio.sleep(delay)
-            outcome = await self._run_one_runner(index, announce_ready)
+            born = time.monotonic()
+            outcome = await self._run_one_runner(index, announce_ready, carry)
             announce_ready()
             if outcome == "closed":
                 return
             self.restarts += 1
-            failures = failures + 1 if outcome == "crashed" else 0
+            if outcome != "crashed":
+                failures = 0
+            elif time.monotonic() - born < _STABLE_AFTER_S:
+                failures += 1
+            else:
+                # It ran fine for a while before dying: start a fresh count.
+                failures = 1
 
-    async def _run_one_runner(self, index: int, announce_ready: Callable[[], None]) -> str:
-        """Boot one runner and serve with it. Returns "closed" (pool shut down),
-        "recycled" (planned restart, or killed for a missed deadline) or
-        "crashed" (it died on its own or could not boot)."""
+    async def _run_one_runner(self, index: int, announce_ready: Callable[[], None], carry: list[Job]) -> str:
+        """Boot one runner and serve with it. Returns the outcome, "closed"
+        (pool shut down), "recycled" (planned restart, or killed for a missed
+        deadline) or "crashed" (it died on its own or could not boot).
+        ``carry`` holds a job the previous runner
+        of this slot never received; it is served first."""
         handle: RunnerHandle | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -170,10 +189,21 @@ class Pool:
                 except (RunnerLost, trio.TooSlowError) as exc:
                     handle.kill()
                     log.error("runner %d failed to boot: %s", handle.pid, exc or "timed out")
+                    for job in carry:
+                        job.result = Failure(
+                            job.invoke.request_id,
+                            FailureKind.RUNNER_DIED,
+                            "no runner could be started",
+                            0,
+                            0,
+                            b"",
+                        )
+                        job.done.set()
+                    carry.clear()
                     return "crashed"
                 log.debug("runner %d ready in slot %d", handle.pid, index)
                 announce_ready()
-                outcome = await self._serve(handle)
+                outcome = await self._serve(handle, carry)
                 if outcome == "crashed":
                     handle.kill()
                 else:
@@ -184,36 +214,62 @@ class Pool:
                 self.live_pids.discard(handle.pid)
                 shutil.rmtree(self._scratch_dir / str(handle.pid), ignore_errors=True)
 
-    async def _serve(self, handle: RunnerHandle) -> str:
-        quota = self.settings.max_requests + random.randint(0, self.settings.max_requests_jitter)
+    async def _serve(self, handle: RunnerHandle, carry: list[Job]) -> str:
+        # Up to 10% jitter, so runners started together do not all recycle together.
+        jitter = min(self.settings.max_requests_jitter, self.settings.max_requests // 10)
+        quota = self.settings.max_requests + random.randint(0, jitter)
         ceiling = self.settings.max_runner_rss_mb << 20
         while True:
-            try:
-                job = await self._receive.receive()
-            except trio.EndOfChannel:
-                return "closed"
-            if job.abandoned:
-                continue
-            job.picked.set()
+            if carry:
+                job = carry.pop()
+            else:
+                try:
+                    job = await self._receive.receive()
+                except trio.EndOfChannel:
+                    return "closed"
+                if job.abandoned:
+                    continue
+                job.picked.set()
             job.runner_pid = handle.pid
             log.debug("request %d dispatched to runner %d", job.invoke.request_id, handle.pid)
             started = time.monotonic()
             try:
                 job.result = await handle.call(job.invoke, job.deadline_s)
             except RunnerLost as exc:
+                if not exc.delivered and not job.retried:
+                    # The runner died while idle; the request never reached it.
+                    log.warning(
+                        "runner %d had died while idle; its replacement takes request %d",
+                        handle.pid,
+                        job.invoke.request_id,
+                    )
+                    job.retried = True
+                    carry.append(job)
+                    return "crashed"
                 await self._report_lost(handle, job, exc, time.monotonic() - started)
+                job.done.set()
                 # A runner we killed for a missed deadline did nothing wrong by
                 # itself; only unexplained deaths count towards the backoff.
                 return "recycled" if exc.kind is FailureKind.TIMEOUT else "crashed"
-            finally:
+            except BaseException:
+                # Cancelled (forced shutdown): the waiting request must not hang.
+                job.result = Failure(
+                    job.invoke.request_id, FailureKind.RUNNER_DIED, "shutting down", 0, 0, b""
+                )
                 job.done.set()
+                raise
+            job.done.set()
             if handle.requests_served >= quota:
                 log.info("runner %d recycled after %d requests", handle.pid, handle.requests_served)
                 return "recycled"
             rss = handle.rss_bytes()
             if rss > ceiling:
-                log.warning("runner %d recycled: RSS %d MiB over the %d MiB ceiling",
-                            handle.pid, rss >> 20, ceiling >> 20)
+                log.warning(
+                    "runner %d recycled: RSS %d MiB over the %d MiB ceiling",
+                    handle.pid,
+                    rss >> 20,
+                    ceiling >> 20,
+                )
                 return "recycled"
 
     async def _report_lost(self, handle: RunnerHandle, job: Job, exc: RunnerLost, elapsed: float) -> None:
@@ -222,4 +278,6 @@ class Pool:
         how = describe_exit(handle.process.returncode)
         elapsed_us = int(elapsed * 1e6)
         job.result = Failure(job.invoke.request_id, exc.kind, f"{exc.detail} ({how})", 0, elapsed_us, b"")
-        log.error("runner %d lost during request %d: %s (%s)", handle.pid, job.invoke.request_id, exc.detail, how)
+        log.error(
+            "runner %d lost during request %d: %s (%s)", handle.pid, job.invoke.request_id, exc.detail, how
+        )

@@ -84,7 +84,9 @@ class Route:
         kind = (
             RouteKind.TAIL
             if SegmentKind.TAIL in kinds
-            else RouteKind.DYNAMIC if SegmentKind.DYNAMIC in kinds else RouteKind.STATIC
+            else RouteKind.DYNAMIC
+            if SegmentKind.DYNAMIC in kinds
+            else RouteKind.STATIC
         )
         regex, names = "", []
         for segment in segments:
@@ -98,7 +100,9 @@ class Route:
                 names.append(match.group(2))
             else:
                 regex += "/" + re.escape(segment)
-        return cls(path, worker, kind, path.count("/"), segments, re.compile((regex or "/") + r"\Z"), tuple(names))
+        return cls(
+            path, worker, kind, path.count("/"), segments, re.compile((regex or "/") + r"\Z"), tuple(names)
+        )
 
     def match(self, request_path: str) -> dict[str, str] | None:
         """The route params if this route serves ``request_path``, else None."""

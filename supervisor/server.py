@@ -141,7 +141,9 @@ async def _watch_signals(stop: trio.Event, scope: trio.CancelScope, everything: 
     with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if not stop.is_set():
-                log.info("%s received: finishing in-flight requests, then stopping", signal.Signals(signum).name)
+                log.info(
+                    "%s received: finishing in-flight requests, then stopping", signal.Signals(signum).name
+                )
                 stop.set()
             else:
                 log.warning("second %s: stopping now", signal.Signals(signum).name)

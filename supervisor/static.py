@@ -15,8 +15,13 @@ import stat
 from pathlib import Path
 
 _TEXT_TYPES = ("text/", "application/javascript", "application/json", "image/svg+xml", "application/xml")
-_EXTRA_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
-                ".webp": "image/webp", ".md": "text/markdown"}
+_EXTRA_TYPES = {
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+    ".wasm": "application/wasm",
+    ".webp": "image/webp",
+    ".md": "text/markdown",
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

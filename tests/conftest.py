@@ -18,7 +18,18 @@ def project_server(cache_dir: Path) -> Iterator[ServerProcess]:
     """The test project served by 2 runners with small limits, shared by a module's tests."""
     server = ServerProcess(
         TEST_PROJECT,
-        ["-w", "2", "--fuel", "50000000", "--memory-mb", "16", "--timeout-ms", "1500", "--log-level", "debug"],
+        [
+            "-w",
+            "2",
+            "--fuel",
+            "50000000",
+            "--memory-mb",
+            "16",
+            "--timeout-ms",
+            "1500",
+            "--log-level",
+            "debug",
+        ],
         cache_dir,
     )
     try:

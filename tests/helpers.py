@@ -6,6 +6,7 @@ Nothing here sleeps to synchronise: the server is ready when it prints its
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -27,11 +28,27 @@ _START = re.compile(r"Start serving requests at http://([^\s:]+|\[[^\]]+\]):(\d+
 class ServerProcess:
     """``python -m supervisor`` in its own session, its output collected by threads."""
 
-    def __init__(self, project: Path, args: Sequence[str], cache_dir: Path, env: dict[str, str] | None = None):
-        cmd = [sys.executable, "-m", "supervisor", str(project), "-p", "0", "--cache-dir", str(cache_dir), *args]
+    def __init__(
+        self, project: Path, args: Sequence[str], cache_dir: Path, env: dict[str, str] | None = None
+    ):
+        cmd = [
+            sys.executable,
+            "-m",
+            "supervisor",
+            str(project),
+            "-p",
+            "0",
+            "--cache-dir",
+            str(cache_dir),
+            *args,
+        ]
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            env={**os.environ, **(env or {})}, cwd=REPO,
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+            cwd=REPO,
         )
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []
@@ -54,7 +71,9 @@ class ServerProcess:
             self._closed += 1
             self._cond.notify_all()
 
-    def wait_for(self, pattern: str, *, stream: str = "stderr", timeout: float = 30.0, start: int = 0) -> re.Match[str]:
+    def wait_for(
+        self, pattern: str, *, stream: str = "stderr", timeout: float = 30.0, start: int = 0
+    ) -> re.Match[str]:
         """Block until a line of ``stream`` (from index ``start``) matches ``pattern``."""
         rx = re.compile(pattern)
         sink = self.stderr_lines if stream == "stderr" else self.stdout_lines
@@ -118,7 +137,12 @@ class Response:
 
 
 async def http(
-    port: int, method: str, target: str, *, body: bytes = b"", headers: dict[str, str] | None = None,
+    port: int,
+    method: str,
+    target: str,
+    *,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
     raw: bytes | None = None,
 ) -> Response:
     """One HTTP/1.1 request over a fresh connection (Connection: close)."""
@@ -130,7 +154,9 @@ async def http(
             if body or method in ("POST", "PUT", "PATCH"):
                 lines.append(f"Content-Length: {len(body)}")
             raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-        await stream.send_all(raw)
+        # The server may answer early (e.g. 413) and close; then read what it said.
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(raw)
         data = bytearray()
         while True:
             try:

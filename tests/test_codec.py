@@ -18,9 +18,20 @@ from ipc.messages import (
 )
 
 SAMPLES = [
-    Configure(0, PROTOCOL_VERSION, [WorkerSpec("a.wasm", "/p/a.wasm", "wasm")], "/cache", "/scratch", False, 10, 1 << 20),
+    Configure(
+        0,
+        PROTOCOL_VERSION,
+        [WorkerSpec("a.wasm", "/p/a.wasm", "wasm")],
+        "/cache",
+        "/scratch",
+        False,
+        10,
+        1 << 20,
+    ),
     Ready(0, PROTOCOL_VERSION, 1234, {"bad.wasm": "invalid"}),
-    Invoke(7, "a.wasm", "POST", "http://h/a", [["host", "h"]], b"\x00\xffbody", {"id": "1"}, {}, 10, 1 << 20, 100),
+    Invoke(
+        7, "a.wasm", "POST", "http://h/a", [["host", "h"]], b"\x00\xffbody", {"id": "1"}, {}, 10, 1 << 20, 100
+    ),
     Reply(7, 200, [["content-type", "text/html"]], b"\x89PNG", None, 12, 300, b"log line"),
     Failure(7, FailureKind.OUT_OF_FUEL.value, "wasm trap: out_of_fuel", 10, 400, b""),
 ]

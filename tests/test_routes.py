@@ -75,7 +75,9 @@ def test_sort_order_matches_wws() -> None:
         "/sub/sub/[...all]",
         "/sub/[...all]",
     ]
-    assert [r.kind for r in table.routes] == [RouteKind.STATIC] + [RouteKind.DYNAMIC] * 4 + [RouteKind.TAIL] * 2
+    assert [r.kind for r in table.routes] == [RouteKind.STATIC] + [RouteKind.DYNAMIC] * 4 + [
+        RouteKind.TAIL
+    ] * 2
 
 
 @pytest.mark.parametrize(
@@ -173,11 +175,21 @@ def test_walk_default(files_tree: Path) -> None:
 
 
 def test_walk_subfolder(files_tree: Path) -> None:
-    assert _found(files_tree / "examples") == {"public.wasm", "index/index.wasm", "home.wat", "index/home.wat"}
+    assert _found(files_tree / "examples") == {
+        "public.wasm",
+        "index/index.wasm",
+        "home.wat",
+        "index/home.wat",
+    }
 
 
 def test_walk_ignore(files_tree: Path) -> None:
-    assert _found(files_tree, ("**/examples/**",)) == {"examples.wasm", "index.wasm", "public.wasm", "home.wat"}
+    assert _found(files_tree, ("**/examples/**",)) == {
+        "examples.wasm",
+        "index.wasm",
+        "public.wasm",
+        "home.wat",
+    }
 
 
 def test_walk_ignore_multiple_patterns(files_tree: Path) -> None:

@@ -27,7 +27,9 @@ async def test_dynamic_route_params(project_server: ServerProcess) -> None:
     assert "Hello, user 42" in response.text
 
 
-async def test_dynamic_params_are_percent_decoded_and_escaped_by_the_worker(project_server: ServerProcess) -> None:
+async def test_dynamic_params_are_percent_decoded_and_escaped_by_the_worker(
+    project_server: ServerProcess,
+) -> None:
     response = await http(project_server.port, "GET", "/items/%3Cb%3E")
     assert "Hello, user &lt;b&gt;" in response.text
 
@@ -42,7 +44,7 @@ async def test_request_reaches_the_worker(project_server: ServerProcess) -> None
     assert response.status == 200
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
     assert response.text == (
-        f"method=POST\nurl=http://127.0.0.1:{project_server.port}/api/echo?x=1\nbody=say \"hi\"\n"
+        f'method=POST\nurl=http://127.0.0.1:{project_server.port}/api/echo?x=1\nbody=say "hi"\n'
     )
 
 
@@ -59,7 +61,12 @@ async def test_worker_sees_no_host_environment(project_server: ServerProcess) ->
 
 @pytest.mark.parametrize(
     ("path", "status", "kind"),
-    [("/trap", 500, "trap"), ("/bad", 500, "bad-output"), ("/exit", 500, "exit"), ("/grow", 500, "memory-limit")],
+    [
+        ("/trap", 500, "trap"),
+        ("/bad", 500, "bad-output"),
+        ("/exit", 500, "exit"),
+        ("/grow", 500, "memory-limit"),
+    ],
 )
 async def test_failures_answer_with_their_kind_and_no_detail(
     project_server: ServerProcess, path: str, status: int, kind: str
@@ -73,10 +80,24 @@ async def test_failures_answer_with_their_kind_and_no_detail(
     project_server.wait_for(rf"worker {path} \({path[1:]}\.wat\) failed: {kind}", start=mark)
 
 
-async def test_body_over_the_limit_is_413(project_server: ServerProcess) -> None:
-    response = await http(project_server.port, "POST", "/api/echo", body=b"x" * (257 << 10))
+async def test_declared_body_over_the_limit_is_413_before_upload(project_server: ServerProcess) -> None:
+    head = f"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: {257 << 10}\r\nConnection: close\r\n\r\n"
+    response = await http(project_server.port, "POST", "/api/echo", raw=head.encode())
     assert response.status == 413
     assert response.headers["x-wws-failure"] == "body-too-large"
+
+
+async def test_streamed_body_over_the_limit_is_413(project_server: ServerProcess) -> None:
+    chunk = b"x" * 4096
+    pieces = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 64 + [b"1\r\nx\r\n0\r\n\r\n"]
+    head = b"POST /api/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    response = await http(project_server.port, "POST", "/api/echo", raw=head + b"".join(pieces))
+    assert response.status == 413
+
+
+async def test_body_at_the_limit_is_accepted(project_server: ServerProcess) -> None:
+    response = await http(project_server.port, "POST", "/api/echo", body=b"y" * (256 << 10))
+    assert response.status == 200
 
 
 async def test_malformed_http_is_400(project_server: ServerProcess) -> None:
@@ -123,7 +144,9 @@ async def test_stuck_host_call_is_killed_at_the_supervisor_deadline(project_serv
         response = await http(project_server.port, "GET", "/sleep")
     assert response.status == 504
     assert response.headers["x-wws-failure"] == "timeout"
-    match = project_server.wait_for(r"runner (\d+) lost during request \d+: no answer within .*runner killed", start=mark)
+    match = project_server.wait_for(
+        r"runner (\d+) lost during request \d+: no answer within .*runner killed", start=mark
+    )
     project_server.wait_for(r"killed by SIGKILL", start=mark)
     assert match
     # A replacement runner serves the next requests.
