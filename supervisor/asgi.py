@@ -12,7 +12,14 @@ import trio
 from ipc.messages import Failure, FailureKind, Invoke, Reply
 from supervisor.config import ServerConfig
 from supervisor.pool import Overloaded, Pool
-from supervisor.routes import Route, RouteKind, RouteTable, format_prefix, normalize_request_path
+from supervisor.routes import (
+    Route,
+    RouteKind,
+    RouteTable,
+    decode_unreserved,
+    format_prefix,
+    normalize_request_path,
+)
 from supervisor.static import PublicFolder, StaticFile
 
 log = logging.getLogger(__name__)
@@ -69,7 +76,7 @@ class WorkerApp:
         if scope["type"] != "http":
             return  # websockets are not served
         raw = scope.get("raw_path") or scope["path"].encode()
-        path = normalize_request_path(raw.decode("latin-1").split("?", 1)[0])
+        path = normalize_request_path(decode_unreserved(raw.split(b"?", 1)[0]))
         resolved = self._routes.resolve(path)
         if resolved is not None:
             route, params = resolved

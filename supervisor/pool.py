@@ -123,13 +123,15 @@ class Pool:
             self._send.send_nowait(job)
         except (trio.WouldBlock, trio.ClosedResourceError):
             raise Overloaded("the request queue is full") from None
-        with trio.move_on_after(self.settings.queue_timeout_s):
-            await job.picked.wait()
-        if not job.picked.is_set():
-            job.abandoned = True
+        try:
+            with trio.move_on_after(self.settings.queue_timeout_s):
+                await job.picked.wait()
+        finally:
+            # Timed out, or the client went away while queued: no runner
+            # should spend time on it.
+            job.abandoned = not job.picked.is_set()
+        if job.abandoned:
             raise Overloaded("no runner became free in time")
-        if on_picked is not None:
-            on_picked(job)
         await job.done.wait()
         return job
 

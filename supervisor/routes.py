@@ -127,6 +127,32 @@ def _sort_key(route: Route) -> tuple[int, int, tuple[tuple[int, str], ...]]:
     return (route.kind, route.depth, segment_keys)
 
 
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def decode_unreserved(raw_path: bytes) -> str:
+    """Decode the percent-escapes that cannot change a path's meaning (unreserved
+    ASCII and non-ASCII bytes), so ``/caf%C3%A9`` reaches ``café.wasm``. Escapes of
+    reserved characters (``%2F``, ``%25``, ...) stay encoded, so they can neither
+    create path segments nor be decoded twice; params are unquoted once, later."""
+    if b"%" not in raw_path:
+        return raw_path.decode("utf-8", "replace")
+    out = bytearray()
+    i, size = 0, len(raw_path)
+    while i < size:
+        byte = raw_path[i]
+        if byte == 0x25 and i + 2 < size and raw_path[i + 1] in _HEX and raw_path[i + 2] in _HEX:
+            value = int(raw_path[i + 1 : i + 3], 16)
+            if value in _UNRESERVED or value >= 0x80:
+                out.append(value)
+                i += 3
+                continue
+        out.append(byte)
+        i += 1
+    return out.decode("utf-8", "replace")
+
+
 def normalize_request_path(raw_path: str) -> str:
     """Merge repeated slashes and drop a trailing one, as wws's NormalizePath::trim."""
     path = re.sub("/{2,}", "/", raw_path or "/")

@@ -62,7 +62,9 @@ async def _close_then_kill(process: trio.Process) -> None:
 
 
 def runner_command() -> list[str]:
-    return [sys.executable, "-m", "runner"]
+    # -I: the current folder and PYTHON* variables must not decide which
+    # "runner" module starts (a project folder may well have its own).
+    return [sys.executable, "-I", "-m", "runner"]
 
 
 def _runner_env() -> dict[str, str]:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from supervisor.discovery import WorkerFile, discover, glob_to_regex
-from supervisor.routes import RouteKind, RouteTable, format_prefix, normalize_request_path, route_path_for
+from supervisor.routes import (
+    RouteKind,
+    RouteTable,
+    decode_unreserved,
+    format_prefix,
+    normalize_request_path,
+    route_path_for,
+)
 
 
 def _worker(relative: str) -> WorkerFile:
@@ -216,3 +223,26 @@ def test_walk_ignore_multiple_patterns(files_tree: Path) -> None:
 )
 def test_glob(pattern: str, path: str, matches: bool) -> None:
     assert bool(glob_to_regex(pattern).match(path)) is matches
+
+
+@pytest.mark.parametrize(
+    ("raw", "decoded"),
+    [
+        (b"/plain", "/plain"),
+        (b"/caf%C3%A9", "/café"),
+        (b"/%61bc", "/abc"),
+        (b"/a%2Fb", "/a%2Fb"),  # an encoded slash never becomes a separator
+        (b"/a%2525", "/a%2525"),  # and nothing is decoded twice
+        (b"/%2e%2e/x", "/../x"),  # dots are unreserved; the static layer refuses ".." itself
+        (b"/bad%zz", "/bad%zz"),
+        (b"/end%4", "/end%4"),
+    ],
+)
+def test_decode_unreserved(raw: bytes, decoded: str) -> None:
+    assert decode_unreserved(raw) == decoded
+
+
+def test_encoded_slash_stays_inside_one_param() -> None:
+    table = RouteTable([_worker("[id].wasm")])
+    found = table.resolve(decode_unreserved(b"/a%2Fb"))
+    assert found is not None and found[1] == {"id": "a/b"}

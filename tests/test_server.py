@@ -152,3 +152,33 @@ async def test_stuck_host_call_is_killed_at_the_supervisor_deadline(project_serv
     # A replacement runner serves the next requests.
     for _ in range(4):
         assert (await http(project_server.port, "GET", "/hello")).status == 201
+
+
+async def test_base64_body_and_status_fallback(project_server: ServerProcess) -> None:
+    response = await http(project_server.port, "GET", "/b64")
+    assert response.status == 200
+    assert response.body == b"\x00\x01\x02\x03\xff"
+    assert response.headers["content-type"] == "application/octet-stream"
+
+
+async def test_nothing_survives_between_requests(project_server: ServerProcess) -> None:
+    bodies = {(await http(project_server.port, "GET", "/counter")).text for _ in range(6)}
+    assert bodies == {"11"}
+
+
+async def test_percent_encoded_non_ascii_route(project_server: ServerProcess) -> None:
+    response = await http(project_server.port, "GET", "/unicode/caf%C3%A9")
+    assert response.status == 201
+
+
+async def test_server_unharmed_after_each_failure(project_server: ServerProcess) -> None:
+    for path in ("/grow", "/trap", "/bad", "/exit", "/loop"):
+        assert (await http(project_server.port, "GET", path)).status >= 500
+        assert (await http(project_server.port, "GET", "/hello")).status == 201
+
+
+async def test_worker_stderr_is_logged_with_its_route(project_server: ServerProcess) -> None:
+    mark = len(project_server.stderr_lines)
+    response = await http(project_server.port, "GET", "/noisy")
+    assert (response.status, response.text) == (200, "ok")
+    project_server.wait_for(r"\[/noisy\] noisy worker says hi$", start=mark)
