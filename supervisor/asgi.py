@@ -219,7 +219,13 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 async def _send_reply(send: Send, reply: Reply) -> None:
-    headers = [(name.encode("latin-1"), value.encode("latin-1", "replace")) for name, value in reply.headers]
+    headers = [
+        (name.encode("latin-1"), value.encode("latin-1", "replace"))
+        for name, value in reply.headers
+        if name.lower() not in ("content-length", "transfer-encoding", "connection")
+    ]
+    # Our own length: a worker's framing headers could desynchronise the connection.
+    headers.append((b"content-length", str(len(reply.body)).encode()))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body})
 

@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, default=None, help=f"compiled-module cache (default: {default_cache_dir()})"
     )
     ops.add_argument(
+        "--access-log", action="store_true", help="log one line per request (client, request, status)"
+    )
+    ops.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -172,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         graceful_timeout_s=args.graceful_timeout,
         cache_dir=args.cache_dir or default_cache_dir(),
         log_level=args.log_level,
+        access_log=args.access_log,
     )
 
 

@@ -51,6 +51,7 @@ class ServerConfig:
     graceful_timeout_s: float = 10.0
     cache_dir: Path = dataclasses.field(default_factory=lambda: default_cache_dir())
     log_level: str = "info"
+    access_log: bool = False
 
 
 def default_cache_dir() -> Path:

@@ -66,7 +66,9 @@ def _hypercorn_config(config: ServerConfig, fd: int) -> hypercorn.config.Config:
     hc.bind = [f"fd://{fd}"]
     hc.graceful_timeout = config.graceful_timeout_s
     hc.include_server_header = False
-    hc.accesslog = None
+    # One line per request, like wws's actix logger, when asked for.
+    hc.accesslog = logging.getLogger("wws.access") if config.access_log else None
+    hc.access_log_format = '%(h)s "%(R)s" %(s)s %(b)s %(L)ss'
     hc.errorlog = logging.getLogger("hypercorn.error")
     return hc
 

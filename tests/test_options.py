@@ -38,3 +38,15 @@ async def test_ignore_globs_drop_workers(cache_dir: Path) -> None:
         assert (await http(port, "GET", "/items/static.txt")).status == 200
     finally:
         server.stop()
+
+
+async def test_access_log(cache_dir: Path) -> None:
+    server = ServerProcess(TEST_PROJECT, ["-w", "1", "--access-log"], cache_dir)
+    try:
+        port = await trio.to_thread.run_sync(server.wait_ready)
+        assert (await http(port, "GET", "/hello?x=1")).status == 201
+        await trio.to_thread.run_sync(
+            lambda: server.wait_for(r'wws\.access: 127\.0\.0\.1:\d+ "GET /hello\?x=1 1\.1" 201 5 ')
+        )
+    finally:
+        server.stop()
