@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import trio
@@ -192,3 +192,14 @@ def _chunks(data: bytes) -> Iterator[bytes]:
             return
         yield data[:size]
         data = data[size + 2 :]
+
+
+@contextlib.asynccontextmanager
+async def serving(project: Path, args: Sequence[str], cache_dir: Path) -> AsyncIterator[ServerProcess]:
+    """A server for one test: ready (port known) on entry, stopped on exit."""
+    server = ServerProcess(project, args, cache_dir)
+    try:
+        await trio.to_thread.run_sync(server.wait_ready)
+        yield server
+    finally:
+        server.stop()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
 
-from tests.helpers import TEST_PROJECT, ServerProcess, http
+from tests.helpers import TEST_PROJECT, ServerProcess, http, serving
 
 
 async def test_compiled_worker_status_and_headers(project_server: ServerProcess) -> None:
@@ -125,17 +127,13 @@ async def test_infinite_loop_is_504_while_other_routes_keep_answering(project_se
     assert healthy and set(healthy) == {201}
 
 
-async def test_timeout_limit_stops_a_loop_with_plenty_of_fuel(cache_dir: object) -> None:
-    server = ServerProcess(TEST_PROJECT, ["-w", "1", "--timeout-ms", "300"], cache_dir)  # type: ignore[arg-type]
-    try:
-        port = await trio.to_thread.run_sync(server.wait_ready)
+async def test_timeout_limit_stops_a_loop_with_plenty_of_fuel(cache_dir: Path) -> None:
+    async with serving(TEST_PROJECT, ["-w", "1", "--timeout-ms", "300"], cache_dir) as server:
         with trio.fail_after(5):
-            response = await http(port, "GET", "/loop")
+            response = await http(server.port, "GET", "/loop")
         assert response.status == 504
         assert response.headers["x-wws-failure"] == "timeout"
         await trio.to_thread.run_sync(lambda: server.wait_for(r"failed: timeout: wasm trap: interrupt"))
-    finally:
-        server.stop()
 
 
 async def test_stuck_host_call_is_killed_at_the_supervisor_deadline(project_server: ServerProcess) -> None:

@@ -15,20 +15,16 @@ import psutil
 import pytest
 import trio
 
-from tests.helpers import REPO, TEST_PROJECT, ServerProcess, http
+from tests.helpers import REPO, TEST_PROJECT, ServerProcess, http, serving
 
 
 @pytest.fixture
 async def solo_server(cache_dir: Path) -> AsyncIterator[ServerProcess]:
     """One runner, generous limits, debug log (dispatch lines name the runner pid)."""
-    server = ServerProcess(
+    async with serving(
         TEST_PROJECT, ["-w", "1", "--timeout-ms", "20000", "--log-level", "debug"], cache_dir
-    )
-    try:
-        await trio.to_thread.run_sync(server.wait_ready)
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def _wait_log(server: ServerProcess, pattern: str, start: int = 0) -> str:
@@ -86,24 +82,20 @@ async def test_repeated_crashes_back_off(solo_server: ServerProcess) -> None:
 
 
 async def test_overload_answers_503_with_retry_after(cache_dir: Path) -> None:
-    server = ServerProcess(
-        TEST_PROJECT,
-        [
-            "-w",
-            "1",
-            "--queue-size",
-            "1",
-            "--queue-timeout-ms",
-            "200",
-            "--timeout-ms",
-            "3000",
-            "--log-level",
-            "debug",
-        ],
-        cache_dir,
-    )
-    try:
-        port = await trio.to_thread.run_sync(server.wait_ready)
+    args = [
+        "-w",
+        "1",
+        "--queue-size",
+        "1",
+        "--queue-timeout-ms",
+        "200",
+        "--timeout-ms",
+        "3000",
+        "--log-level",
+        "debug",
+    ]
+    async with serving(TEST_PROJECT, args, cache_dir) as server:
+        port = server.port
         statuses: list[int] = []
 
         async def occupy() -> None:
@@ -117,16 +109,13 @@ async def test_overload_answers_503_with_retry_after(cache_dir: Path) -> None:
         assert queued.headers["retry-after"] == "1"
         assert queued.headers["x-wws-failure"] == "overloaded"
         assert statuses == [200]
-    finally:
-        server.stop()
 
 
 async def test_runner_recycled_after_max_requests(cache_dir: Path) -> None:
-    server = ServerProcess(
+    async with serving(
         TEST_PROJECT, ["-w", "1", "--max-requests", "3", "--log-level", "debug"], cache_dir
-    )
-    try:
-        port = await trio.to_thread.run_sync(server.wait_ready)
+    ) as server:
+        port = server.port
         (first,) = _runners(server)
         for _ in range(3):
             assert (await http(port, "GET", "/hello")).status == 201
@@ -134,25 +123,19 @@ async def test_runner_recycled_after_max_requests(cache_dir: Path) -> None:
         assert (await http(port, "GET", "/hello")).status == 201
         first.wait(5)  # exited and reaped, not a zombie
         assert [p.pid for p in _runners(server)] != [first.pid]
-    finally:
-        server.stop()
 
 
 async def test_runner_recycled_over_its_rss_ceiling(cache_dir: Path) -> None:
-    server = ServerProcess(TEST_PROJECT, ["-w", "1", "--max-runner-rss-mb", "1"], cache_dir)
-    try:
-        port = await trio.to_thread.run_sync(server.wait_ready)
+    async with serving(TEST_PROJECT, ["-w", "1", "--max-runner-rss-mb", "1"], cache_dir) as server:
+        port = server.port
         assert (await http(port, "GET", "/hello")).status == 201
         await _wait_log(server, r"recycled: RSS \d+ MiB over the 1 MiB ceiling")
         assert (await http(port, "GET", "/hello")).status == 201
-    finally:
-        server.stop()
 
 
 async def test_sigterm_drains_in_flight_requests_and_exits_0(cache_dir: Path) -> None:
-    server = ServerProcess(TEST_PROJECT, ["-w", "2", "--log-level", "debug"], cache_dir)
-    try:
-        port = await trio.to_thread.run_sync(server.wait_ready)
+    async with serving(TEST_PROJECT, ["-w", "2", "--log-level", "debug"], cache_dir) as server:
+        port = server.port
         runners = _runners(server)
         result: dict[str, object] = {}
 
@@ -170,24 +153,18 @@ async def test_sigterm_drains_in_flight_requests_and_exits_0(cache_dir: Path) ->
             assert not runner.is_running()
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    finally:
-        server.stop()
 
 
 async def test_sigint_also_stops_cleanly(cache_dir: Path) -> None:
-    server = ServerProcess(TEST_PROJECT, ["-w", "1"], cache_dir)
-    try:
-        await trio.to_thread.run_sync(server.wait_ready)
+    async with serving(TEST_PROJECT, ["-w", "1"], cache_dir) as server:
         server.signal(signal.SIGINT)
         assert await trio.to_thread.run_sync(server.wait_exit) == 0
-    finally:
-        server.stop()
 
 
 async def test_no_zombies_or_fd_leaks_after_kills_and_timeouts(cache_dir: Path) -> None:
-    server = ServerProcess(TEST_PROJECT, ["-w", "2", "--timeout-ms", "300", "--fuel", "10000000"], cache_dir)
-    try:
-        port = await trio.to_thread.run_sync(server.wait_ready)
+    args = ["-w", "2", "--timeout-ms", "300", "--fuel", "10000000"]
+    async with serving(TEST_PROJECT, args, cache_dir) as server:
+        port = server.port
         supervisor = psutil.Process(server.proc.pid)
         assert (await http(port, "GET", "/hello")).status == 201
         fds_before = supervisor.num_fds()
@@ -204,8 +181,6 @@ async def test_no_zombies_or_fd_leaks_after_kills_and_timeouts(cache_dir: Path) 
         assert len(children) == 2
         assert all(child.status() != psutil.STATUS_ZOMBIE for child in children)
         assert supervisor.num_fds() == fds_before
-    finally:
-        server.stop()
 
 
 def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
