@@ -38,6 +38,7 @@ class FailureKind(enum.StrEnum):
     MEMORY_LIMIT = "memory-limit"
     TRAP = "trap"
     BAD_OUTPUT = "bad-output"
+    SCRIPT_ERROR = "script-error"
     EXIT = "exit"
     LOAD_ERROR = "load-error"
     RUNNER_DIED = "runner-died"
@@ -52,7 +53,9 @@ class WorkerSpec:
 
     worker_id: str
     path: str
-    kind: str  # "wasm" or "wat"
+    kind: str  # "wasm", "wat" or "js"
+    # [vars] from the worker's TOML: WASI environment, or JS globals.
+    variables: dict[str, str]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

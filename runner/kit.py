@@ -31,7 +31,7 @@ class KitResponse:
     kv: dict[str, str] | None
 
 
-def request_json(invoke: Invoke) -> bytes:
+def request_json(invoke: Invoke, seed: str | None = None) -> bytes:
     # wws sends bodies as UTF-8 text and non-UTF-8 bodies as "".
     try:
         body = invoke.body.decode("utf-8")
@@ -40,7 +40,7 @@ def request_json(invoke: Invoke) -> bytes:
     headers: dict[str, str] = {}
     for name, value in invoke.headers:
         headers[name.lower()] = value  # duplicates collapse, last wins, as in wws
-    document = {
+    document: dict[str, object] = {
         "url": invoke.url,
         "method": invoke.method,
         "headers": headers,
@@ -48,6 +48,8 @@ def request_json(invoke: Invoke) -> bytes:
         "kv": invoke.kv,
         "params": invoke.params,
     }
+    if seed is not None:
+        document["seed"] = seed  # fresh entropy for JS workers restored from a snapshot
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -16,11 +16,14 @@ import dataclasses
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import wasmtime
 
 from ipc.messages import WorkerSpec
+from runner import quickjs
+from runner.quickjs import JsProgram
 from runner.wasmffi import export_names
 
 # Bump when the engine settings below change: it is part of every cache key.
@@ -48,10 +51,9 @@ def wasmtime_version() -> str:
 @dataclasses.dataclass(frozen=True, slots=True)
 class LoadedWorker:
     spec: WorkerSpec
-    module: wasmtime.Module
     instance_pre: wasmtime.InstancePre
     entry: str | None  # "_start" (command), "_initialize" (reactor) or None
-    has_memory_export: bool
+    js: JsProgram | None = None  # set for JavaScript workers
 
 
 def read_wasm(spec: WorkerSpec) -> bytes:
@@ -77,32 +79,46 @@ class ModuleCache:
         self._dir = Path(cache_dir)
         self._version = wasmtime_version()
 
-    def path_for(self, wasm: bytes) -> Path:
-        key = hashlib.sha256(wasm).hexdigest()
+    @property
+    def engine(self) -> wasmtime.Engine:
+        return self._engine
+
+    def path_for(self, key: str, suffix: str = ".cwasm") -> Path:
         profile = hashlib.sha256(f"{self._version}|{ENGINE_PROFILE}".encode()).hexdigest()[:12]
-        return self._dir / f"{key}-{profile}.cwasm"
+        return self._dir / f"{key}-{profile}{suffix}"
 
     def load(self, wasm: bytes, *, write: bool) -> wasmtime.Module:
         """The compiled module for ``wasm``: from the cache if present, else
         compiled (and stored when ``write``)."""
-        cached = self.path_for(wasm)
-        if cached.exists():
-            try:
-                return wasmtime.Module.deserialize_file(self._engine, str(cached))
-            except wasmtime.WasmtimeError:
-                pass  # stale or truncated entry: recompile and replace it
+        return self.load_keyed(hashlib.sha256(wasm).hexdigest(), lambda: wasm, write=write)
+
+    def load_keyed(self, key: str, produce: Callable[[], bytes], *, write: bool) -> wasmtime.Module:
+        """Like :meth:`load` for a module identified by ``key``; ``produce``
+        builds its bytes only when the cache has no usable entry."""
+        module = self.cached(key)
+        if module is not None:
+            return module
         try:
-            module = wasmtime.Module(self._engine, wasm)
+            module = wasmtime.Module(self._engine, produce())
         except wasmtime.WasmtimeError as exc:
             raise LoadError(f"invalid WebAssembly module: {_first_line(str(exc))}") from None
         if write:
-            self._store(cached, bytes(module.serialize()))
+            self.store(self.path_for(key), bytes(module.serialize()))
         return module
 
-    def _store(self, target: Path, data: bytes) -> None:
+    def cached(self, key: str) -> wasmtime.Module | None:
+        path = self.path_for(key)
+        if not path.exists():
+            return None
+        try:
+            return wasmtime.Module.deserialize_file(self._engine, str(path))
+        except wasmtime.WasmtimeError:
+            return None  # stale or truncated entry: the caller rebuilds and replaces it
+
+    def store(self, target: Path, data: bytes) -> None:
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Write then rename, so a sibling runner never maps a half-written file.
-        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-", suffix=".cwasm")
+        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
@@ -119,8 +135,11 @@ def load_worker(
 
     Raises:
         LoadError: unreadable file, invalid module, an import we do not provide,
-            or a module that is both a command and a reactor.
+            or a module that is both a command and a reactor; for scripts, a
+            syntax error or an exception at load, with file and line.
     """
+    if spec.kind == "js":
+        return _load_script(spec, cache, linker, write=write)
     module = cache.load(read_wasm(spec), write=write)
     exports = export_names(module)
     if "_start" in exports and "_initialize" in exports:
@@ -130,4 +149,38 @@ def load_worker(
         instance_pre = linker.instantiate_pre(module)
     except wasmtime.WasmtimeError as exc:
         raise LoadError(f"cannot link the module: {_first_line(str(exc))}") from None
-    return LoadedWorker(spec, module, instance_pre, entry, "memory" in exports)
+    return LoadedWorker(spec, instance_pre, entry)
+
+
+def _load_script(
+    spec: WorkerSpec, cache: ModuleCache, linker: wasmtime.Linker, *, write: bool
+) -> LoadedWorker:
+    try:
+        source = Path(spec.path).read_bytes()
+    except OSError as exc:
+        raise LoadError(f"cannot read the file: {exc.strerror}") from None
+    try:
+        text = source.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LoadError("the script is not UTF-8 text") from None
+    try:
+        key = "js-" + quickjs.recipe_key(source, spec.worker_id, spec.variables)
+        meta_path = cache.path_for(key, ".json")
+        module = cache.cached(key)
+        snapshot = (
+            quickjs.Snapshot.from_json(meta_path.read_text()) if module and meta_path.exists() else None
+        )
+        if module is None or snapshot is None:
+            engine_module = cache.load(quickjs.engine_path().read_bytes(), write=write)
+            baked, snapshot = quickjs.build_snapshot(
+                engine_module, linker, cache.engine, text, spec.worker_id, spec.variables
+            )
+            module = cache.load_keyed(key, lambda: baked, write=write)
+            if write:
+                cache.store(meta_path, snapshot.to_json().encode())
+        instance_pre = linker.instantiate_pre(module)
+        return LoadedWorker(spec, instance_pre, None, quickjs.JsProgram(instance_pre, module, snapshot))
+    except quickjs.ScriptLoadError as exc:
+        raise LoadError(str(exc)) from None
+    except wasmtime.Trap as exc:
+        raise LoadError(f"the script trapped while loading: {exc.trap_code}") from None

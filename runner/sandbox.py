@@ -4,6 +4,7 @@ wall-clock limits, and turning every way that can fail into a FailureKind."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -12,8 +13,9 @@ import wasmtime
 
 from ipc.messages import Failure, FailureKind, Invoke, Reply
 from runner.epoch import EpochTicker
-from runner.kit import BadOutput, parse_response, request_json
+from runner.kit import BadOutput, KitResponse, parse_response, request_json
 from runner.modules import LoadedWorker
+from runner.quickjs import JsProgram, ScriptTimeout
 from runner.wasmffi import export_get, set_stdin_bytes
 
 # One table from wasmtime's trap codes to what we tell the client.
@@ -65,14 +67,23 @@ class Sandbox:
         store.set_limits(memory_size=invoke.memory_bytes, instances=4, tables=4, memories=1)
         store.set_epoch_deadline(self._ticker.ticks_for(invoke.timeout_ms))
         wasi = wasmtime.WasiConfig()
-        set_stdin_bytes(wasi, request_json(invoke))
+        wasi.env = list(worker.spec.variables.items())
         wasi.stdout_file = self._stdout_path
         wasi.stderr_file = self._stderr_path
-        store.set_wasi(wasi)
         outcome = _Outcome()
+        logs = b""
         self._ticker.request_started()
         try:
-            instance = self._execute(store, worker, outcome)
+            if worker.js is not None:
+                store.set_wasi(wasi)
+                request = request_json(invoke, seed=os.urandom(16).hex())
+                deadline = time.monotonic() + invoke.timeout_ms / 1000
+                output, instance = self._execute_js(store, worker.js, request, deadline, outcome), None
+            else:
+                set_stdin_bytes(wasi, request_json(invoke))
+                store.set_wasi(wasi)
+                instance = self._execute(store, worker, outcome)
+                output = None
         finally:
             self._ticker.request_finished()
         fuel_used = invoke.fuel - store.get_fuel()
@@ -80,9 +91,14 @@ class Sandbox:
         elapsed_us = int((time.perf_counter() - started) * 1e6)
         if outcome.kind is None:
             try:
-                response = parse_response(stdout)
+                if output is not None:
+                    response, logs = _script_response(output)
+                else:
+                    response = parse_response(stdout)
             except BadOutput as exc:
                 outcome = _Outcome(FailureKind.BAD_OUTPUT, str(exc))
+            except _ScriptFailed as exc:
+                outcome, logs = exc.outcome, exc.logs
             else:
                 return Reply(
                     invoke.request_id,
@@ -92,7 +108,7 @@ class Sandbox:
                     response.kv,
                     fuel_used,
                     elapsed_us,
-                    stderr,
+                    logs + stderr,
                 )
         if outcome.kind in (FailureKind.TRAP, FailureKind.BAD_OUTPUT, FailureKind.EXIT) and _at_memory_limit(
             store, instance, invoke.memory_bytes
@@ -104,7 +120,18 @@ class Sandbox:
                 f"memory limit of {invoke.memory_bytes} bytes reached ({outcome.detail})",
             )
         assert outcome.kind is not None
-        return Failure(invoke.request_id, outcome.kind, outcome.detail, fuel_used, elapsed_us, stderr)
+        return Failure(invoke.request_id, outcome.kind, outcome.detail, fuel_used, elapsed_us, logs + stderr)
+
+    def _execute_js(
+        self, store: wasmtime.Store, program: JsProgram, request: bytes, deadline: float, outcome: _Outcome
+    ) -> bytes | None:
+        try:
+            return program.run(store, request, deadline)
+        except ScriptTimeout as exc:
+            outcome.kind, outcome.detail = FailureKind.TIMEOUT, str(exc)
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            _classify(exc, outcome)
+        return None
 
     def _execute(
         self, store: wasmtime.Store, worker: LoadedWorker, outcome: _Outcome
@@ -117,20 +144,8 @@ class Sandbox:
                 if not isinstance(entry, wasmtime.Func):
                     raise wasmtime.WasmtimeError(f"{worker.entry} is not a function")
                 entry(store)
-        except wasmtime.ExitTrap as exc:
-            if exc.code != 0:
-                outcome.kind, outcome.detail = FailureKind.EXIT, f"the worker exited with code {exc.code}"
-        except wasmtime.Trap as exc:
-            code = exc.trap_code
-            outcome.kind = _TRAP_KINDS.get(code, FailureKind.TRAP) if code is not None else FailureKind.TRAP
-            outcome.detail = f"wasm trap: {code.name.lower() if code is not None else _first_line(str(exc))}"
-        except wasmtime.WasmtimeError as exc:
-            message = _first_line(str(exc))
-            if "memory" in message and "limit" in message:
-                outcome.kind = FailureKind.MEMORY_LIMIT
-            else:
-                outcome.kind = FailureKind.TRAP
-            outcome.detail = message
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            _classify(exc, outcome)
         return instance
 
     def _read_outputs(self) -> tuple[bytes, bytes]:
@@ -142,6 +157,45 @@ class Sandbox:
             err.seek(max(0, size - STDERR_TAIL))
             stderr = err.read()
         return stdout, stderr
+
+
+def _classify(exc: wasmtime.WasmtimeError | wasmtime.Trap, outcome: _Outcome) -> None:
+    if isinstance(exc, wasmtime.ExitTrap):
+        if exc.code != 0:
+            outcome.kind, outcome.detail = FailureKind.EXIT, f"the worker exited with code {exc.code}"
+    elif isinstance(exc, wasmtime.Trap):
+        code = exc.trap_code
+        outcome.kind = _TRAP_KINDS.get(code, FailureKind.TRAP) if code is not None else FailureKind.TRAP
+        outcome.detail = f"wasm trap: {code.name.lower() if code is not None else _first_line(str(exc))}"
+    else:
+        message = _first_line(str(exc))
+        memory = "memory" in message and "limit" in message
+        outcome.kind = FailureKind.MEMORY_LIMIT if memory else FailureKind.TRAP
+        outcome.detail = message
+
+
+class _ScriptFailed(Exception):
+    def __init__(self, outcome: _Outcome, logs: bytes) -> None:
+        super().__init__(outcome.detail)
+        self.outcome, self.logs = outcome, logs
+
+
+def _script_response(output: bytes) -> tuple[KitResponse, bytes]:
+    """The shim's JSON: a response, or the error the handler threw or rejected
+    with. Console output comes back as log lines for the supervisor."""
+    try:
+        document = json.loads(output)
+    except json.JSONDecodeError as exc:
+        raise BadOutput(f"the JavaScript driver returned invalid JSON: {exc}") from None
+    lines = [f"console.{level}: {text}" for level, text in document.get("logs", [])]
+    logs = ("\n".join(lines) + "\n").encode() if lines else b""
+    error = document.get("error")
+    if error is not None:
+        kind = FailureKind.MEMORY_LIMIT if "out of memory" in error else FailureKind.SCRIPT_ERROR
+        stack = str(document.get("stack", "")).strip()
+        detail = f"{error}" + (f"\n{stack}" if stack else "")
+        raise _ScriptFailed(_Outcome(kind, detail), logs)
+    return parse_response(output), logs
 
 
 def _at_memory_limit(store: wasmtime.Store, instance: wasmtime.Instance | None, limit: int) -> bool:

@@ -21,6 +21,7 @@ from supervisor.routes import (
     normalize_request_path,
 )
 from supervisor.static import PublicFolder, StaticFile
+from supervisor.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ FAILURE_STATUS: dict[FailureKind, int] = {
     FailureKind.MEMORY_LIMIT: 500,
     FailureKind.TRAP: 500,
     FailureKind.BAD_OUTPUT: 500,
+    FailureKind.SCRIPT_ERROR: 500,
     FailureKind.EXIT: 500,
     FailureKind.LOAD_ERROR: 500,
     FailureKind.INTERNAL: 500,
@@ -59,15 +61,21 @@ class _BodyTooLarge(Exception):
 
 class WorkerApp:
     def __init__(
-        self, config: ServerConfig, routes: RouteTable, public: PublicFolder | None, pool: Pool
+        self,
+        config: ServerConfig,
+        routes: RouteTable,
+        public: PublicFolder | None,
+        pool: Pool,
+        settings: dict[str, WorkerConfig],
+        broken: set[str],
     ) -> None:
         self._config = config
         self._routes = routes
         self._public = public
         self._pool = pool
         self._prefix = format_prefix(config.prefix)
-        self._limits = config.limits
-        self._deadline_s = (config.limits.timeout_ms + config.pool.kill_grace_ms) / 1000
+        self._settings = settings
+        self._broken = broken
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -117,21 +125,30 @@ class WorkerApp:
             )
             await _send_failure(send, FailureKind.BODY_TOO_LARGE)
             return
+        worker_id = route.worker.relative
+        if worker_id in self._broken:
+            log.error(
+                "worker %s (%s) failed: load-error: it could not be loaded at startup", route.path, worker_id
+            )
+            await _send_failure(send, FailureKind.LOAD_ERROR)
+            return
+        limits = self._settings[worker_id].limits
         invoke = Invoke(
             request_id=self._pool.next_request_id(),
-            worker_id=route.worker.relative,
+            worker_id=worker_id,
             method=scope["method"],
             url=_full_url(scope),
             headers=[[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
             body=body,
             params=params,
             kv={},
-            fuel=self._limits.fuel,
-            memory_bytes=self._limits.memory_bytes,
-            timeout_ms=self._limits.timeout_ms,
+            fuel=limits.fuel,
+            memory_bytes=limits.memory_bytes,
+            timeout_ms=limits.timeout_ms,
         )
         try:
-            job = await self._pool.submit(invoke, self._deadline_s)
+            deadline_s = (limits.timeout_ms + self._config.pool.kill_grace_ms) / 1000
+            job = await self._pool.submit(invoke, deadline_s)
         except Overloaded as exc:
             log.warning("%s %s: 503, %s", scope["method"], path, exc)
             await _send_failure(send, FailureKind.OVERLOADED)
@@ -144,7 +161,7 @@ class WorkerApp:
         if isinstance(result, Reply):
             await _send_reply(send, result)
             return
-        _log_failure(route, result, self._limits.fuel)
+        _log_failure(route, result, limits.fuel)
         await _send_failure(send, FailureKind(result.kind))
 
     async def _send_static(self, scope: Scope, send: Send, static: StaticFile, status: int = 200) -> None:

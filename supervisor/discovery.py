@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 # Extension -> worker kind understood by the runner.
-WORKER_KINDS = {".wasm": "wasm", ".wat": "wat"}
+WORKER_KINDS = {".wasm": "wasm", ".wat": "wat", ".js": "js"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

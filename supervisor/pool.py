@@ -67,6 +67,10 @@ class Pool:
         self.restarts = 0
         self.live_pids: set[int] = set()
 
+    def drop_workers(self, worker_ids: set[str]) -> None:
+        """Leave these workers out of every runner (they failed to load)."""
+        self._workers = [w for w in self._workers if w.worker_id not in worker_ids]
+
     def next_request_id(self) -> int:
         return next(self._ids)
 

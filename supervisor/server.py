@@ -26,10 +26,11 @@ import trio
 from ipc.messages import WorkerSpec
 from supervisor.asgi import WorkerApp
 from supervisor.config import ServerConfig
-from supervisor.discovery import discover
+from supervisor.discovery import WorkerFile, discover
 from supervisor.pool import Pool
 from supervisor.routes import RouteTable
 from supervisor.static import PublicFolder
+from supervisor.worker_config import WorkerConfig, WorkerConfigError, load_worker_config
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +97,31 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
     print(f"⏳ Loading workers from {len(routes.routes)} routes...", file=out)
     scratch = Path(_scratch_root())
     try:
-        specs = [WorkerSpec(w.relative, str(w.absolute), w.kind) for w in workers]
+        settings = _worker_settings(workers, project, config)
+        specs = [
+            WorkerSpec(w.relative, str(w.absolute), w.kind, settings[w.relative].variables) for w in workers
+        ]
         pool = Pool(config.pool, specs, config.cache_dir, scratch)
         try:
             errors = await pool.prepare()
         except RuntimeError as exc:
             raise StartupError(str(exc)) from None
-        if errors:
-            worker_id, reason = next(iter(errors.items()))
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        kinds = {w.relative: w.kind for w in workers}
+        fatal = {worker_id: reason for worker_id, reason in errors.items() if kinds[worker_id] != "js"}
+        if fatal:
+            worker_id, reason = next(iter(fatal.items()))
+            more = f" (and {len(fatal) - 1} more)" if len(fatal) > 1 else ""
             raise StartupError(f"cannot load worker {worker_id}: {reason}{more}")
+        # A broken script costs its own route only: it answers 500 and the
+        # rest of the server runs.
+        broken = set(errors)
+        for worker_id in sorted(broken):
+            print(f"❌ {os.path.join(project_arg, worker_id)}: {errors[worker_id]}", file=out)
+            log.error("worker %s cannot be loaded; its route answers 500: %s", worker_id, errors[worker_id])
+        pool.drop_workers(broken)
         public_dir = project / "public"
         public = PublicFolder(public_dir) if public_dir.is_dir() else None
-        app = WorkerApp(config, routes, public, pool)
+        app = WorkerApp(config, routes, public, pool, settings, broken)
         base_url = f"http://{_url_host(config.host)}:{port}"
         async with trio.open_nursery() as nursery:
             await nursery.start(pool.run)
@@ -137,6 +150,20 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
     finally:
         sock.close()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _worker_settings(
+    workers: list[WorkerFile], project: Path, config: ServerConfig
+) -> dict[str, WorkerConfig]:
+    settings = {}
+    for worker in workers:
+        try:
+            settings[worker.relative] = load_worker_config(worker.absolute, project, config.limits)
+        except WorkerConfigError as exc:
+            raise StartupError(str(exc)) from None
+        for warning in settings[worker.relative].warnings:
+            log.warning("%s", warning)
+    return settings
 
 
 async def _watch_signals(stop: trio.Event, scope: trio.CancelScope, everything: trio.CancelScope) -> None:

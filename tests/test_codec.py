@@ -21,7 +21,7 @@ SAMPLES = [
     Configure(
         0,
         PROTOCOL_VERSION,
-        [WorkerSpec("a.wasm", "/p/a.wasm", "wasm")],
+        [WorkerSpec("a.wasm", "/p/a.wasm", "wasm", {"K": "v"})],
         "/cache",
         "/scratch",
         False,

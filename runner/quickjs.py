@@ -1,0 +1,326 @@
+"""JavaScript workers: QuickJS-NG (the WASI reactor build) inside the sandbox.
+
+Load time, once per worker (in the compile step, cached on disk):
+  instantiate the engine, initialise QuickJS, evaluate our JS API (``shim.js``)
+  and the worker's script, then bake the resulting linear memory into a new
+  module (:mod:`runner.wasmbake`). The pointers the runner needs later (the
+  context, the runtime, two driver functions, a scratch buffer) are saved
+  beside the compiled module.
+
+Per request:
+  a fresh instance of the baked module (its memory is the snapshot, copy on
+  write), then ``__wws_start(requestJson)``, the promise jobs, and
+  ``__wws_poll()`` until it hands back the response JSON. Timers are driven
+  from here: ``__wws_poll`` returns the milliseconds to the next timer and the
+  runner sleeps that long, within the request's deadline.
+
+Pinned to qjs-wasi-reactor.wasm 0.15.1.1: later builds no longer export the
+QuickJS C API that calling into a snapshot needs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import re
+import time
+from functools import cache
+from pathlib import Path
+
+import wasmtime
+
+from runner.wasmbake import bake
+from runner.wasmffi import RawFunc, export_get, signature
+
+ENGINE_DISTRIBUTION = "qjs-wasi-reactor.wasm"
+ENGINE_VERSION = "0.15.1.1"
+# Bump when the bake recipe changes: it is part of every snapshot's cache key.
+BAKE_VERSION = "js-snapshot/v1"
+# The engine's shadow stack is about 68 KiB; QuickJS must throw RangeError
+# before running off it (which would trap with an out-of-bounds access).
+MAX_JS_STACK = 48 << 10
+
+_UNDEFINED = 3 << 32
+_TAG_EXCEPTION = 6
+_TAG_STRING = -7
+_TAG_INT = 0
+_EVAL_GLOBAL, _EVAL_MODULE = 0, 1
+_MODULE_SYNTAX = re.compile(r"\bexport\s+default\b|\bexport\s*\{[^}]*\bas\s+default\b")
+_REQUEST_CALLS = (
+    "malloc",
+    "free",
+    "JS_NewStringLen",
+    "JS_Call",
+    "JS_ExecutePendingJob",
+    "JS_ToCStringLen2",
+    "JS_FreeCString",
+    "JS_FreeValue",
+)
+
+
+class ScriptLoadError(Exception):
+    """The script cannot be loaded (syntax error, exception at top level, no handler)."""
+
+
+class ScriptTimeout(Exception):
+    """The handler is still waiting on a timer when the deadline passes."""
+
+
+@cache
+def engine_path() -> Path:
+    try:
+        files = importlib.metadata.files(ENGINE_DISTRIBUTION) or []
+        installed = importlib.metadata.version(ENGINE_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise ScriptLoadError(
+            f"the JavaScript engine is not installed (pip install '{ENGINE_DISTRIBUTION}=={ENGINE_VERSION}')"
+        ) from None
+    if installed != ENGINE_VERSION:
+        raise ScriptLoadError(
+            f"{ENGINE_DISTRIBUTION} {installed} is installed; JavaScript workers need {ENGINE_VERSION}"
+        )
+    for file in files:
+        if file.name.endswith(".wasm"):
+            return Path(str(file.locate()))
+    raise ScriptLoadError(f"{ENGINE_DISTRIBUTION} has no .wasm file")
+
+
+@cache
+def shim_source() -> str:
+    return (Path(__file__).parent / "shim.js").read_text()
+
+
+def is_module(source: str) -> bool:
+    return _MODULE_SYNTAX.search(source) is not None
+
+
+def recipe_key(source: bytes, filename: str, variables: dict[str, str]) -> str:
+    """Everything that determines a snapshot, hashed: the cache key."""
+    digest = hashlib.sha256()
+    for part in (
+        BAKE_VERSION.encode(),
+        hashlib.sha256(engine_path().read_bytes()).digest(),
+        shim_source().encode(),
+        filename.encode(),
+        json.dumps(variables, sort_keys=True).encode(),
+        str(MAX_JS_STACK).encode(),
+        source,
+    ):
+        digest.update(len(part).to_bytes(8, "little") + part)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Addresses inside the baked memory; valid in every instance of it."""
+
+    ctx: int
+    runtime: int
+    start_fn: int
+    poll_fn: int
+    scratch: int
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Snapshot:
+        return cls(**{k: int(v) for k, v in json.loads(text).items()})
+
+
+class _Session:
+    """Calls into one live QuickJS instance (used while baking)."""
+
+    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance) -> None:
+        self.store = store
+        self.instance = instance
+        memory = export_get(store, instance, "memory")
+        assert isinstance(memory, wasmtime.Memory)
+        self.memory = memory
+        self.ctx = 0
+
+    def call(self, name: str, *args: int) -> int:
+        func = export_get(self.store, self.instance, name)
+        if not isinstance(func, wasmtime.Func):
+            raise ScriptLoadError(f"the JavaScript engine has no {name} export")
+        return int(func(self.store, *args) or 0)
+
+    def cstring(self, text: str) -> int:
+        data = text.encode() + b"\0"
+        pointer = self.call("malloc", len(data))
+        self.memory.write(self.store, data, pointer)
+        return pointer
+
+    def eval(self, source: str, filename: str, flags: int) -> int:
+        encoded = source.encode()
+        code, name = self.cstring(source), self.cstring(filename)
+        value = self.call("JS_Eval", self.ctx, code, len(encoded), name, flags)
+        self.call("free", code)
+        self.call("free", name)
+        if value >> 32 == _TAG_EXCEPTION:
+            raise ScriptLoadError(self.describe_exception())
+        return value
+
+    def string_of(self, value: int) -> str:
+        length_at = self.call("malloc", 4)
+        pointer = self.call("JS_ToCStringLen2", self.ctx, length_at, value, 0)
+        if not pointer:
+            return "(no description)"
+        length = int.from_bytes(self.memory.read(self.store, length_at, length_at + 4), "little")
+        text = bytes(self.memory.read(self.store, pointer, pointer + length)).decode("utf-8", "replace")
+        self.call("JS_FreeCString", self.ctx, pointer)
+        self.call("free", length_at)
+        return text
+
+    def describe_exception(self) -> str:
+        error = self.call("JS_GetException", self.ctx)
+        message = self.string_of(error)
+        name = self.cstring("stack")
+        stack = self.call("JS_GetPropertyStr", self.ctx, error, name)
+        self.call("free", name)
+        where = self.string_of(stack).strip() if stack != _UNDEFINED else ""
+        return f"{message} {where}".strip()
+
+    def run_jobs(self) -> None:
+        out = self.call("malloc", 4)
+        while self.call("JS_ExecutePendingJob", self.call("JS_GetRuntime", self.ctx), out) > 0:
+            pass
+        self.call("free", out)
+
+    def global_function(self, name: str) -> int:
+        global_object = self.call("JS_GetGlobalObject", self.ctx)
+        key = self.cstring(name)
+        value = self.call("JS_GetPropertyStr", self.ctx, global_object, key)
+        self.call("free", key)
+        self.call("JS_FreeValue", self.ctx, global_object)
+        return value
+
+
+def build_snapshot(
+    engine_module: wasmtime.Module,
+    linker: wasmtime.Linker,
+    engine: wasmtime.Engine,
+    source: str,
+    filename: str,
+    variables: dict[str, str],
+) -> tuple[bytes, Snapshot]:
+    """Initialise QuickJS, evaluate the API and the worker, return the baked
+    module bytes and the addresses to call into.
+
+    Raises:
+        ScriptLoadError: syntax errors and top-level exceptions (with file and
+            line), or a script that registers no fetch handler.
+    """
+    store = wasmtime.Store(engine)
+    store.set_fuel(20_000_000_000)
+    store.set_epoch_deadline(1 << 40)
+    store.set_limits(memory_size=256 << 20)
+    store.set_wasi(wasmtime.WasiConfig())
+    instance = linker.instantiate(store, engine_module)
+    js = _Session(store, instance)
+    js.call("_initialize")
+    argv = js.call("malloc", 8)
+    js.memory.write(store, js.cstring("qjs").to_bytes(4, "little") + b"\0\0\0\0", argv)
+    if js.call("qjs_init_argv", 1, argv) != 0:
+        raise ScriptLoadError("the JavaScript engine failed to initialise")
+    js.ctx = js.call("qjs_get_context")
+    runtime = js.call("JS_GetRuntime", js.ctx)
+    js.call("JS_SetMaxStackSize", runtime, MAX_JS_STACK)
+    js.eval(shim_source(), "wws-api.js", _EVAL_GLOBAL)
+    setup = f"__wws_setup({json.dumps(json.dumps(variables))}, {json.dumps(filename)});"
+    js.eval(setup, "wws-setup.js", _EVAL_GLOBAL)
+    if is_module(source):
+        js.eval(source, filename, _EVAL_MODULE)
+        js.eval(f"__wws_import({json.dumps(filename)});", "wws-import.js", _EVAL_GLOBAL)
+    else:
+        js.eval(source, filename, _EVAL_GLOBAL)
+    js.run_jobs()
+    js.eval("__wws_check_loaded();", "wws-check.js", _EVAL_GLOBAL)
+    js.call("JS_RunGC", runtime)
+    snapshot = Snapshot(
+        ctx=js.ctx,
+        runtime=runtime,
+        start_fn=js.global_function("__wws_start"),
+        poll_fn=js.global_function("__wws_poll"),
+        scratch=js.call("malloc", 64),
+    )
+    memory = bytes(js.memory.read(store, 0, js.memory.data_len(store)))
+    return bake(engine_path().read_bytes(), memory), snapshot
+
+
+class JsProgram:
+    """A baked worker, ready to run requests."""
+
+    def __init__(
+        self, instance_pre: wasmtime.InstancePre, module: wasmtime.Module, snapshot: Snapshot
+    ) -> None:
+        self._pre = instance_pre
+        self._snapshot = snapshot
+        signatures: dict[str, tuple[tuple[str, ...], str | None]] = {}
+        for export in module.exports:
+            if export.name in _REQUEST_CALLS and isinstance(export.type, wasmtime.FuncType):
+                signatures[export.name] = signature(export.type)
+        missing = set(_REQUEST_CALLS) - set(signatures)
+        if missing:
+            raise ScriptLoadError(f"the JavaScript engine lacks {sorted(missing)}")
+        self._signatures = signatures
+
+    def run(self, store: wasmtime.Store, request: bytes, deadline: float) -> bytes:
+        """Run one request; returns the shim's response JSON.
+
+        Raises:
+            wasmtime.Trap / wasmtime.WasmtimeError: fuel, epoch, stack, memory.
+            ScriptTimeout: still waiting on timers at ``deadline``.
+        """
+        snap = self._snapshot
+        instance = self._pre.instantiate(store)
+        calls = {
+            name: RawFunc(store, _func(store, instance, name), *self._signatures[name])
+            for name in _REQUEST_CALLS
+        }
+        memory = export_get(store, instance, "memory")
+        assert isinstance(memory, wasmtime.Memory)
+
+        def base() -> int:
+            # Re-read after every call that may grow (and so move) memory.
+            return ctypes.addressof(memory.data_ptr(store).contents)
+
+        pointer = calls["malloc"](len(request) + 1)
+        ctypes.memmove(base() + pointer, request, len(request))
+        argument = calls["JS_NewStringLen"](snap.ctx, pointer, len(request))
+        calls["free"](pointer)
+        ctypes.c_int64.from_address(base() + snap.scratch).value = argument
+        started = calls["JS_Call"](snap.ctx, snap.start_fn, _UNDEFINED, 1, snap.scratch)
+        calls["JS_FreeValue"](snap.ctx, argument)
+        calls["JS_FreeValue"](snap.ctx, started)
+        job_out = snap.scratch + 8
+        while True:
+            while calls["JS_ExecutePendingJob"](snap.runtime, job_out) > 0:
+                pass
+            result = calls["JS_Call"](snap.ctx, snap.poll_fn, _UNDEFINED, 0, 0)
+            tag = result >> 32
+            if tag == _TAG_STRING:
+                text = calls["JS_ToCStringLen2"](snap.ctx, job_out, result, 0)
+                address = base()
+                length = ctypes.c_uint32.from_address(address + job_out).value
+                output = ctypes.string_at(address + text, length)
+                calls["JS_FreeCString"](snap.ctx, text)
+                calls["JS_FreeValue"](snap.ctx, result)
+                return output
+            if tag != _TAG_INT:
+                raise ScriptLoadError("the driver returned an unexpected value")
+            delay_ms = ctypes.c_int32(result & 0xFFFFFFFF).value
+            remaining = deadline - time.monotonic()
+            if delay_ms / 1000 > remaining:
+                raise ScriptTimeout(f"a timer of {delay_ms} ms runs past the deadline")
+            time.sleep(max(0, delay_ms) / 1000)
+
+
+def _func(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> wasmtime.Func:
+    func = export_get(store, instance, name)
+    if not isinstance(func, wasmtime.Func):
+        raise ScriptLoadError(f"the JavaScript engine has no function {name}")
+    return func
