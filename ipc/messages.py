@@ -39,6 +39,7 @@ class FailureKind(enum.StrEnum):
     TRAP = "trap"
     BAD_OUTPUT = "bad-output"
     SCRIPT_ERROR = "script-error"
+    KV_LIMIT = "kv-limit"
     EXIT = "exit"
     LOAD_ERROR = "load-error"
     RUNNER_DIED = "runner-died"
@@ -107,7 +108,9 @@ class Reply:
     status: int
     headers: list[list[str]]
     body: bytes
-    kv: dict[str, str] | None
+    # What the worker changed in its KV snapshot; applied only on success.
+    kv_set: dict[str, str]
+    kv_deleted: list[str]
     fuel_used: int
     elapsed_us: int
     stderr: bytes

@@ -15,7 +15,7 @@ from ipc.messages import Failure, FailureKind, Invoke, Reply
 from runner.epoch import EpochTicker
 from runner.kit import BadOutput, KitResponse, parse_response, request_json
 from runner.modules import LoadedWorker
-from runner.quickjs import JsProgram, ScriptTimeout
+from runner.quickjs import JsProgram, ScriptLoadError, ScriptTimeout
 from runner.wasmffi import export_get, set_stdin_bytes
 
 # One table from wasmtime's trap codes to what we tell the client.
@@ -68,8 +68,11 @@ class Sandbox:
         store.set_epoch_deadline(self._ticker.ticks_for(invoke.timeout_ms))
         wasi = wasmtime.WasiConfig()
         wasi.env = list(worker.spec.variables.items())
-        wasi.stdout_file = self._stdout_path
-        wasi.stderr_file = self._stderr_path
+        if worker.js is None:
+            # Scripts report through the shim (console output comes back with
+            # the response), so only compiled workers get stdout/stderr files.
+            wasi.stdout_file = self._stdout_path
+            wasi.stderr_file = self._stderr_path
         outcome = _Outcome()
         logs = b""
         self._ticker.request_started()
@@ -87,7 +90,7 @@ class Sandbox:
         finally:
             self._ticker.request_finished()
         fuel_used = invoke.fuel - store.get_fuel()
-        stdout, stderr = self._read_outputs()
+        stdout, stderr = self._read_outputs() if worker.js is None else (b"", b"")
         elapsed_us = int((time.perf_counter() - started) * 1e6)
         if outcome.kind is None:
             try:
@@ -105,7 +108,7 @@ class Sandbox:
                     response.status,
                     response.headers,
                     response.body,
-                    response.kv,
+                    *_kv_changes(invoke.kv, response.kv),
                     fuel_used,
                     elapsed_us,
                     logs + stderr,
@@ -129,6 +132,8 @@ class Sandbox:
             return program.run(store, request, deadline)
         except ScriptTimeout as exc:
             outcome.kind, outcome.detail = FailureKind.TIMEOUT, str(exc)
+        except ScriptLoadError as exc:
+            outcome.kind, outcome.detail = FailureKind.SCRIPT_ERROR, str(exc)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             _classify(exc, outcome)
         return None
@@ -157,6 +162,16 @@ class Sandbox:
             err.seek(max(0, size - STDERR_TAIL))
             stderr = err.read()
         return stdout, stderr
+
+
+def _kv_changes(before: dict[str, str], after: dict[str, str] | None) -> tuple[dict[str, str], list[str]]:
+    # Workers return their whole namespace (wws's protocol); only the
+    # difference travels back, so concurrent requests touching other keys of
+    # the same namespace do not overwrite each other.
+    if after is None:
+        return {}, []
+    changed = {key: value for key, value in after.items() if before.get(key) != value}
+    return changed, [key for key in before if key not in after]
 
 
 def _classify(exc: wasmtime.WasmtimeError | wasmtime.Trap, outcome: _Outcome) -> None:

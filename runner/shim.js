@@ -453,10 +453,14 @@
         listener.call(G, event);
         if (!responded) throw new Error("the fetch handler did not call event.respondWith()");
       }
-      Promise.resolve(result).then(finish, fail);
+      // A plain Response settles now: answer from this call and save the
+      // host a round of promise jobs and a poll.
+      if (result instanceof Response) finish(result);
+      else Promise.resolve(result).then(finish, fail);
     } catch (e) {
       fail(e);
     }
+    return outcome ? JSON.stringify(outcome) : 0;
   };
   G.__wws_poll = () => {
     for (;;) {

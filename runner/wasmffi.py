@@ -37,6 +37,24 @@ def export_get(store: wasmtime.Store, instance: wasmtime.Instance, name: str) ->
     return wrap_extern(item)
 
 
+def raw_export(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> Any:
+    """The raw ``wasmtime_extern_t`` of an export, without wrapping it in a
+    Python object (the hot path only needs the handle inside)."""
+    item = ffi.wasmtime_extern_t()
+    encoded = name.encode()
+    if not ffi.wasmtime_instance_export_get(
+        store._context(), ctypes.byref(instance._instance), encoded, len(encoded), ctypes.byref(item)
+    ):
+        raise KeyError(name)
+    return item
+
+
+def memory_base(store: wasmtime.Store, raw_memory: Any) -> int:
+    """Address of a memory's first byte (it can move when the memory grows)."""
+    pointer = ffi.wasmtime_memory_data(store._context(), ctypes.byref(raw_memory.of.memory))
+    return ctypes.addressof(pointer.contents)
+
+
 def export_names(module: wasmtime.Module) -> set[str]:
     return {export.name for export in module.exports}
 

@@ -11,6 +11,7 @@ import trio
 
 from ipc.messages import Failure, FailureKind, Invoke, Reply
 from supervisor.config import ServerConfig
+from supervisor.kv import KvLimitError, MemoryKv
 from supervisor.pool import Overloaded, Pool
 from supervisor.routes import (
     Route,
@@ -37,6 +38,7 @@ FAILURE_STATUS: dict[FailureKind, int] = {
     FailureKind.TRAP: 500,
     FailureKind.BAD_OUTPUT: 500,
     FailureKind.SCRIPT_ERROR: 500,
+    FailureKind.KV_LIMIT: 500,
     FailureKind.EXIT: 500,
     FailureKind.LOAD_ERROR: 500,
     FailureKind.INTERNAL: 500,
@@ -76,6 +78,7 @@ class WorkerApp:
         self._prefix = format_prefix(config.prefix)
         self._settings = settings
         self._broken = broken
+        self._kv = MemoryKv()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -132,7 +135,8 @@ class WorkerApp:
             )
             await _send_failure(send, FailureKind.LOAD_ERROR)
             return
-        limits = self._settings[worker_id].limits
+        settings = self._settings[worker_id]
+        limits, namespace = settings.limits, settings.kv_namespace
         invoke = Invoke(
             request_id=self._pool.next_request_id(),
             worker_id=worker_id,
@@ -141,7 +145,7 @@ class WorkerApp:
             headers=[[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
             body=body,
             params=params,
-            kv={},
+            kv=self._kv.snapshot(namespace) if namespace else {},
             fuel=limits.fuel,
             memory_bytes=limits.memory_bytes,
             timeout_ms=limits.timeout_ms,
@@ -159,6 +163,13 @@ class WorkerApp:
             for line in result.stderr.decode("utf-8", "replace").splitlines():
                 log.info("[%s] %s", route.path, line)
         if isinstance(result, Reply):
+            if namespace and (result.kv_set or result.kv_deleted):
+                try:
+                    self._kv.apply(namespace, result.kv_set, result.kv_deleted)
+                except KvLimitError as exc:
+                    log.warning("worker %s (%s): KV write refused: %s", route.path, worker_id, exc)
+                    await _send_failure(send, FailureKind.KV_LIMIT)
+                    return
             await _send_reply(send, result)
             return
         _log_failure(route, result, limits.fuel)

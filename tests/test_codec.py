@@ -32,7 +32,7 @@ SAMPLES = [
     Invoke(
         7, "a.wasm", "POST", "http://h/a", [["host", "h"]], b"\x00\xffbody", {"id": "1"}, {}, 10, 1 << 20, 100
     ),
-    Reply(7, 200, [["content-type", "text/html"]], b"\x89PNG", None, 12, 300, b"log line"),
+    Reply(7, 200, [["content-type", "text/html"]], b"\x89PNG", {"k": "v"}, ["gone"], 12, 300, b"log line"),
     Failure(7, FailureKind.OUT_OF_FUEL.value, "wasm trap: out_of_fuel", 10, 400, b""),
 ]
 
@@ -80,7 +80,7 @@ def test_oversized_frame_refused_from_its_header() -> None:
 
 
 def test_encoding_an_oversized_message_is_refused() -> None:
-    big = Reply(1, 200, [], b"x" * 2048, None, 0, 0, b"")
+    big = Reply(1, 200, [], b"x" * 2048, {}, [], 0, 0, b"")
     with pytest.raises(ProtocolError, match="exceeds"):
         encode(big, max_frame=1024)
 
@@ -94,7 +94,7 @@ def test_encoding_an_oversized_message_is_refused() -> None:
         msgpack.packb([2, 0, PROTOCOL_VERSION]),  # too few fields
         msgpack.packb([2, 0, PROTOCOL_VERSION, "pid", {}]),  # pid of the wrong type
         msgpack.packb([2, 0, PROTOCOL_VERSION, 5, {"k": 1}]),  # map values must be strings
-        msgpack.packb([4, True, 200, [], b"", None, 0, 0, b""]),  # bool posing as an int
+        msgpack.packb([4, True, 200, [], b"", {}, [], 0, 0, b""]),  # bool posing as an int
         msgpack.packb([1, 2]) + b"trailing",
     ],
 )
