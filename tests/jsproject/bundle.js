@@ -1,0 +1,1 @@
+var n=class{constructor(){this.r=[]}get(p,h){this.r.push([p,h]);return this}fetch(q){let u=new URL(q.url);for(let[p,h]of this.r)if(p===u.pathname)return h(q);return new Response("not found",{status:404})}};var a=new n;a.get("/bundle",q=>new Response("Hello from Hono-like bundle"));export{a as default};

@@ -1,0 +1,5 @@
+addEventListener("fetch", (event) => {
+  console.log("hello from the console", { n: 1 });
+  console.error("an error line");
+  event.respondWith(new Response("logged"));
+});

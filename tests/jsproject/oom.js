@@ -1,0 +1,4 @@
+addEventListener("fetch", (event) => {
+  const hog = [];
+  for (;;) hog.push(new ArrayBuffer(4 << 20));
+});

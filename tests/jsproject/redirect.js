@@ -1,0 +1,3 @@
+addEventListener("fetch", (event) => {
+  event.respondWith(Response.redirect("https://example.com/elsewhere", 302));
+});

@@ -1,0 +1,3 @@
+addEventListener("fetch", () => {
+  throw new TypeError("the secret path /etc/shadow leaked here");
+});
