@@ -211,4 +211,9 @@ def _load_script(
     except quickjs.ScriptLoadError as exc:
         raise LoadError(str(exc)) from None
     except wasmtime.Trap as exc:
-        raise LoadError(f"the script trapped while loading: {exc.trap_code}") from None
+        if exc.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+            raise LoadError(
+                "the script trapped while loading: it ran out of fuel (an endless loop at top level?)"
+            ) from None
+        code = exc.trap_code.name.lower() if exc.trap_code is not None else "unknown"
+        raise LoadError(f"the script trapped while loading: {code}") from None

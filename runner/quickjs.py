@@ -53,6 +53,9 @@ _MODULE_SYNTAX = re.compile(r"\bexport\s+default\b|\bexport\s*\{[^}]*\bas\s+defa
 # after the request, which is cheaper than a call per value.
 _REQUEST_CALLS = ("JS_NewStringLen", "JS_Call", "JS_ExecutePendingJob", "JS_ToCStringLen2")
 _REQUEST_BUFFER = 64 << 10
+# Loading a script (engine init + top-level code) may use this much fuel; a
+# top-level infinite loop fails the load in about a second instead of hanging it.
+_BAKE_FUEL = 2_000_000_000
 
 
 class ScriptLoadError(Exception):
@@ -212,7 +215,7 @@ def build_snapshot(
             line), or a script that registers no fetch handler.
     """
     store = wasmtime.Store(engine)
-    store.set_fuel(20_000_000_000)
+    store.set_fuel(_BAKE_FUEL)
     store.set_epoch_deadline(1 << 40)
     store.set_limits(memory_size=256 << 20)
     store.set_wasi(wasmtime.WasiConfig())

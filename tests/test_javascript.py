@@ -197,3 +197,23 @@ async def test_fetch_is_not_allowed_yet(js_server: ServerProcess) -> None:
 async def test_public_files_next_to_js_workers(js_server: ServerProcess) -> None:
     assert (await http(js_server.port, "GET", "/site.css")).text == "p { color: blue }\n"
     assert (await http(js_server.port, "GET", "/basic.js")).status == 404
+
+
+async def test_request_body_sync_and_awaited(js_server: ServerProcess) -> None:
+    response = await http(
+        js_server.port, "POST", "/body", body="héllo".encode(), headers={"Content-Type": "text/x"}
+    )
+    assert json.loads(response.body) == {
+        "syncText": "héllo",
+        "awaited": "héllo",
+        "bytes": 6,
+        "isBuffer": True,
+        "cloned": "héllo",
+        "type": "text/x",
+        "body": "héllo",
+    }
+
+
+def test_top_level_infinite_loop_fails_the_load_not_the_server(js_server: ServerProcess) -> None:
+    line = next(line for line in js_server.stdout_lines if "toplevel.js" in line and line.startswith("❌"))
+    assert "trapped while loading" in line
