@@ -40,6 +40,7 @@ class FailureKind(enum.StrEnum):
     BAD_OUTPUT = "bad-output"
     SCRIPT_ERROR = "script-error"
     KV_LIMIT = "kv-limit"
+    KV_UNAVAILABLE = "kv-unavailable"
     EXIT = "exit"
     LOAD_ERROR = "load-error"
     RUNNER_DIED = "runner-died"

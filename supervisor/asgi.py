@@ -11,7 +11,7 @@ import trio
 
 from ipc.messages import Failure, FailureKind, Invoke, Reply
 from supervisor.config import ServerConfig
-from supervisor.kv import KvLimitError, MemoryKv
+from supervisor.kv import KvLimitError, KvStore, KvUnavailable
 from supervisor.pool import Overloaded, Pool
 from supervisor.routes import (
     Route,
@@ -39,6 +39,7 @@ FAILURE_STATUS: dict[FailureKind, int] = {
     FailureKind.BAD_OUTPUT: 500,
     FailureKind.SCRIPT_ERROR: 500,
     FailureKind.KV_LIMIT: 500,
+    FailureKind.KV_UNAVAILABLE: 503,
     FailureKind.EXIT: 500,
     FailureKind.LOAD_ERROR: 500,
     FailureKind.INTERNAL: 500,
@@ -70,6 +71,7 @@ class WorkerApp:
         pool: Pool,
         settings: dict[str, WorkerConfig],
         broken: set[str],
+        kv: KvStore,
     ) -> None:
         self._config = config
         self._routes = routes
@@ -78,7 +80,7 @@ class WorkerApp:
         self._prefix = format_prefix(config.prefix)
         self._settings = settings
         self._broken = broken
-        self._kv = MemoryKv()
+        self._kv = kv
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -104,6 +106,13 @@ class WorkerApp:
             await self._send_static(scope, send, static)
             return
         await self._not_found(scope, send)
+
+    async def _kv_snapshot(self, namespace: str | None) -> dict[str, str]:
+        if not namespace:
+            return {}
+        snapshot = await self._kv.snapshot(namespace)
+        self._kv.limits.check_snapshot(namespace, snapshot)
+        return snapshot
 
     def _static_for(self, path: str) -> StaticFile | None:
         if self._public is None:
@@ -137,6 +146,13 @@ class WorkerApp:
             return
         settings = self._settings[worker_id]
         limits, namespace = settings.limits, settings.kv_namespace
+        try:
+            kv_snapshot = await self._kv_snapshot(namespace)
+        except (KvLimitError, KvUnavailable) as exc:
+            log.error("worker %s (%s): KV snapshot of %r failed: %s", route.path, worker_id, namespace, exc)
+            unavailable = isinstance(exc, KvUnavailable)
+            await _send_failure(send, FailureKind.KV_UNAVAILABLE if unavailable else FailureKind.KV_LIMIT)
+            return
         invoke = Invoke(
             request_id=self._pool.next_request_id(),
             worker_id=worker_id,
@@ -145,7 +161,7 @@ class WorkerApp:
             headers=[[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
             body=body,
             params=params,
-            kv=self._kv.snapshot(namespace) if namespace else {},
+            kv=kv_snapshot,
             fuel=limits.fuel,
             memory_bytes=limits.memory_bytes,
             timeout_ms=limits.timeout_ms,
@@ -165,10 +181,13 @@ class WorkerApp:
         if isinstance(result, Reply):
             if namespace and (result.kv_set or result.kv_deleted):
                 try:
-                    self._kv.apply(namespace, result.kv_set, result.kv_deleted)
-                except KvLimitError as exc:
+                    await self._kv.apply(namespace, result.kv_set, result.kv_deleted)
+                except (KvLimitError, KvUnavailable) as exc:
                     log.warning("worker %s (%s): KV write refused: %s", route.path, worker_id, exc)
-                    await _send_failure(send, FailureKind.KV_LIMIT)
+                    unavailable = isinstance(exc, KvUnavailable)
+                    await _send_failure(
+                        send, FailureKind.KV_UNAVAILABLE if unavailable else FailureKind.KV_LIMIT
+                    )
                     return
             await _send_reply(send, result)
             return

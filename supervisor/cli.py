@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, default=None, help=f"compiled-module cache (default: {default_cache_dir()})"
     )
     ops.add_argument(
+        "--kv",
+        default="memory://",
+        metavar="URL",
+        help="KV store: memory:// (default, lost on restart), sqlite:///path/kv.db, redis://host:port/db",
+    )
+    ops.add_argument(
         "--access-log", action="store_true", help="log one line per request (client, request, status)"
     )
     ops.add_argument(
@@ -176,6 +182,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         cache_dir=args.cache_dir or default_cache_dir(),
         log_level=args.log_level,
         access_log=args.access_log,
+        kv_url=args.kv,
     )
 
 

@@ -52,6 +52,7 @@ class ServerConfig:
     cache_dir: Path = dataclasses.field(default_factory=lambda: default_cache_dir())
     log_level: str = "info"
     access_log: bool = False
+    kv_url: str = "memory://"
 
 
 def default_cache_dir() -> Path:

@@ -8,6 +8,7 @@ requests finish within the grace period, then stop the runners.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -27,6 +28,7 @@ from ipc.messages import WorkerSpec
 from supervisor.asgi import WorkerApp
 from supervisor.config import ServerConfig
 from supervisor.discovery import WorkerFile, discover
+from supervisor.kv import KvUnavailable, open_kv
 from supervisor.pool import Pool
 from supervisor.routes import RouteTable
 from supervisor.static import PublicFolder
@@ -78,7 +80,8 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
     """Run the server until a signal stops it.
 
     Raises:
-        StartupError: a missing project, an unusable port, or a worker that
+        StartupError: a missing project, an unusable port, a broken worker
+            configuration, an unreachable KV store, or a compiled worker that
             cannot be loaded. Nothing is left running.
     """
     started = time.perf_counter()
@@ -92,36 +95,26 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
     except OSError as exc:
         raise StartupError(f"cannot read the project folder: {exc}") from None
     routes = RouteTable(workers, config.prefix)
-    sock = bind_socket(config.host, config.port)
-    port = sock.getsockname()[1]
-    print(f"⏳ Loading workers from {len(routes.routes)} routes...", file=out)
-    scratch = Path(_scratch_root())
-    try:
-        settings = _worker_settings(workers, project, config)
+    settings = _worker_settings(workers, project, config)
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(bind_socket(config.host, config.port))
+        port = sock.getsockname()[1]
+        scratch = Path(_scratch_root())
+        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
+        try:
+            kv = open_kv(config.kv_url)
+        except KvUnavailable as exc:
+            raise StartupError(str(exc)) from None
+        stack.callback(kv.close)
+        print(f"⏳ Loading workers from {len(routes.routes)} routes...", file=out)
         specs = [
             WorkerSpec(w.relative, str(w.absolute), w.kind, settings[w.relative].variables) for w in workers
         ]
         pool = Pool(config.pool, specs, config.cache_dir, scratch)
-        try:
-            errors = await pool.prepare()
-        except RuntimeError as exc:
-            raise StartupError(str(exc)) from None
-        kinds = {w.relative: w.kind for w in workers}
-        fatal = {worker_id: reason for worker_id, reason in errors.items() if kinds[worker_id] != "js"}
-        if fatal:
-            worker_id, reason = next(iter(fatal.items()))
-            more = f" (and {len(fatal) - 1} more)" if len(fatal) > 1 else ""
-            raise StartupError(f"cannot load worker {worker_id}: {reason}{more}")
-        # A broken script costs its own route only: it answers 500 and the
-        # rest of the server runs.
-        broken = set(errors)
-        for worker_id in sorted(broken):
-            print(f"❌ {os.path.join(project_arg, worker_id)}: {errors[worker_id]}", file=out)
-            log.error("worker %s cannot be loaded; its route answers 500: %s", worker_id, errors[worker_id])
-        pool.drop_workers(broken)
+        broken = await _compile(pool, workers, project_arg, out)
         public_dir = project / "public"
         public = PublicFolder(public_dir) if public_dir.is_dir() else None
-        app = WorkerApp(config, routes, public, pool, settings, broken)
+        app = WorkerApp(config, routes, public, pool, settings, broken, kv)
         base_url = f"http://{_url_host(config.host)}:{port}"
         async with trio.open_nursery() as nursery:
             await nursery.start(pool.run)
@@ -147,9 +140,32 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
 
             await nursery.start(run_http)
             print(f"🚀 Start serving requests at {base_url}\n", file=out, flush=True)
-    finally:
-        sock.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _compile(pool: Pool, workers: list[WorkerFile], project_arg: str, out: TextIO) -> set[str]:
+    """Compile every worker once; returns the scripts that failed to load.
+
+    Raises:
+        StartupError: a compiled worker cannot be loaded.
+    """
+    try:
+        errors = await pool.prepare()
+    except RuntimeError as exc:
+        raise StartupError(str(exc)) from None
+    kinds = {w.relative: w.kind for w in workers}
+    fatal = {worker_id: reason for worker_id, reason in errors.items() if kinds[worker_id] != "js"}
+    if fatal:
+        worker_id, reason = next(iter(fatal.items()))
+        more = f" (and {len(fatal) - 1} more)" if len(fatal) > 1 else ""
+        raise StartupError(f"cannot load worker {worker_id}: {reason}{more}")
+    # A broken script costs its own route only: it answers 500 and the rest of
+    # the server runs.
+    broken = set(errors)
+    for worker_id in sorted(broken):
+        print(f"❌ {os.path.join(project_arg, worker_id)}: {errors[worker_id]}", file=out)
+        log.error("worker %s cannot be loaded; its route answers 500: %s", worker_id, errors[worker_id])
+    pool.drop_workers(broken)
+    return broken
 
 
 def _worker_settings(

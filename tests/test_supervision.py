@@ -180,7 +180,9 @@ async def test_no_zombies_or_fd_leaks_after_kills_and_timeouts(cache_dir: Path) 
         children = supervisor.children()
         assert len(children) == 2
         assert all(child.status() != psutil.STATUS_ZOMBIE for child in children)
-        assert supervisor.num_fds() == fds_before
+        # A leak grows with every round (3 rounds of kills and timeouts); a
+        # just-closed client connection may still be counted in the baseline.
+        assert supervisor.num_fds() <= fds_before
 
 
 def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
