@@ -30,7 +30,7 @@ def measure(worker: Path, requests: int) -> dict[str, float]:
     linker.define_wasi()
     with tempfile.TemporaryDirectory() as scratch:
         cache = ModuleCache(engine, str(Path(scratch) / "cache"))
-        spec = WorkerSpec(worker.name, str(worker), "js", {})
+        spec = WorkerSpec(worker.name, str(worker), "js", {}, [])
         loaded = load_worker(spec, cache, linker, write=True)
         sandbox = Sandbox(engine, {worker.name: loaded}, 10, scratch)
         invoke = Invoke(

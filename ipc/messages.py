@@ -50,6 +50,15 @@ class FailureKind(enum.StrEnum):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Mount:
+    """A host folder preopened for the worker (``[[folders]]``), in TOML order."""
+
+    host_path: str
+    guest_path: str
+    writable: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class WorkerSpec:
     """A worker as the runner sees it: what to load and how to run it."""
 
@@ -58,6 +67,8 @@ class WorkerSpec:
     kind: str  # "wasm", "wat" or "js"
     # [vars] from the worker's TOML: WASI environment, or JS globals.
     variables: dict[str, str]
+    # The first mount is WASI fd 3, which Zig workers use as their cwd.
+    mounts: list[Mount]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -237,5 +248,5 @@ def from_wire(obj: Any) -> Message:
 
 
 # Build every converter now, so a bad annotation fails at import, not mid-request.
-for _cls in (WorkerSpec, *MESSAGE_TYPES.values()):
+for _cls in (Mount, WorkerSpec, *MESSAGE_TYPES.values()):
     _field_converters(_cls)

@@ -73,6 +73,9 @@ class Sandbox:
             # the response), so only compiled workers get stdout/stderr files.
             wasi.stdout_file = self._stdout_path
             wasi.stderr_file = self._stderr_path
+            for mount in worker.spec.mounts:
+                # Read-only unless the TOML says writable: writes fail with EPERM.
+                wasi.preopen_dir(mount.host_path, mount.guest_path, mount.writable)
         outcome = _Outcome()
         logs = b""
         self._ticker.request_started()

@@ -24,7 +24,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from ipc.messages import WorkerSpec
+from ipc.messages import Mount, WorkerSpec
 from supervisor.asgi import WorkerApp
 from supervisor.config import ServerConfig
 from supervisor.discovery import WorkerFile, discover
@@ -107,9 +107,7 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
             raise StartupError(str(exc)) from None
         stack.callback(kv.close)
         print(f"⏳ Loading workers from {len(routes.routes)} routes...", file=out)
-        specs = [
-            WorkerSpec(w.relative, str(w.absolute), w.kind, settings[w.relative].variables) for w in workers
-        ]
+        specs = [_spec(w, settings[w.relative]) for w in workers]
         pool = Pool(config.pool, specs, config.cache_dir, scratch)
         broken = await _compile(pool, workers, project_arg, out)
         public_dir = project / "public"
@@ -166,6 +164,11 @@ async def _compile(pool: Pool, workers: list[WorkerFile], project_arg: str, out:
         log.error("worker %s cannot be loaded; its route answers 500: %s", worker_id, errors[worker_id])
     pool.drop_workers(broken)
     return broken
+
+
+def _spec(worker: WorkerFile, settings: WorkerConfig) -> WorkerSpec:
+    mounts = [Mount(str(f.source), f.guest, f.writable) for f in settings.folders]
+    return WorkerSpec(worker.relative, str(worker.absolute), worker.kind, settings.variables, mounts)
 
 
 def _worker_settings(

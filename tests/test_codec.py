@@ -10,6 +10,7 @@ from ipc.messages import (
     Failure,
     FailureKind,
     Invoke,
+    Mount,
     Ready,
     Reply,
     WorkerSpec,
@@ -21,7 +22,7 @@ SAMPLES = [
     Configure(
         0,
         PROTOCOL_VERSION,
-        [WorkerSpec("a.wasm", "/p/a.wasm", "wasm", {"K": "v"})],
+        [WorkerSpec("a.wasm", "/p/a.wasm", "wasm", {"K": "v"}, [Mount("/p/data", "/data", False)])],
         "/cache",
         "/scratch",
         False,

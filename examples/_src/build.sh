@@ -10,3 +10,5 @@ out="$(dirname "$here")"
 cc() { python -m ziglang cc --target=wasm32-wasi -O2 -s -Wl,-z,stack-size=262144 "$@"; }
 cc "$here/user.c" -o "$out/users/[id].wasm"
 cc "$here/echo.c" -o "$out/c/echo.wasm"
+cc "$here/counter.c" -o "$out/c/counter.wasm"
+cc "$here/files.c" -o "$out/c/files.wasm"

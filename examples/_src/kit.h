@@ -158,6 +158,27 @@ static void kit_respond(int status, const char *content_type, const char *body) 
     fflush(stdout);
 }
 
+/* Like kit_respond, and also writes the worker's KV namespace back:
+ * kv is an array of npairs {key, value} pairs (the whole namespace as the
+ * worker wants it; keys it leaves out are deleted). */
+static void kit_respond_kv(int status, const char *content_type, const char *body,
+                           const char *const kv[][2], size_t npairs) {
+    fputs("{\"data\":\"", stdout);
+    kit__write_escaped(body);
+    printf("\",\"status\":%d,\"headers\":{\"content-type\":\"", status);
+    kit__write_escaped(content_type);
+    fputs("\"},\"kv\":{", stdout);
+    for (size_t i = 0; i < npairs; i++) {
+        fputs(i ? ",\"" : "\"", stdout);
+        kit__write_escaped(kv[i][0]);
+        fputs("\":\"", stdout);
+        kit__write_escaped(kv[i][1]);
+        putchar('"');
+    }
+    fputs("},\"base64\":false}", stdout);
+    fflush(stdout);
+}
+
 /* HTML-escape src into dst (for echoing user input into a page). */
 static void kit_html_escape(const char *src, char *dst, size_t cap) {
     size_t n = 0;

@@ -1,0 +1,4 @@
+addEventListener("fetch", () => {
+  Cache.set("poison", "1");
+  throw new Error("fails after writing");
+});

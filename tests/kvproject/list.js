@@ -1,0 +1,3 @@
+addEventListener("fetch", (event) => {
+  event.respondWith(Response.json(Object.keys(Cache.state).sort()));
+});
