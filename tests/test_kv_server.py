@@ -130,6 +130,6 @@ async def test_unreachable_redis_is_a_startup_error(cache_dir: Path) -> None:
         )
     )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        "❌ cannot reach Redis at redis://127.0.0.1:1/0: Error 111 connecting to 127.0.0.1:1. Connection refused."
-    ]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("❌ cannot reach Redis at redis://127.0.0.1:1/0: ")
+    assert "Connection refused" in line
