@@ -3,7 +3,9 @@ pool, and turn the outcome into an honest HTTP response."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -81,6 +83,7 @@ class WorkerApp:
         self._settings = settings
         self._broken = broken
         self._kv = kv
+        self._semaphores: dict[str, trio.Semaphore] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -106,6 +109,26 @@ class WorkerApp:
             await self._send_static(scope, send, static)
             return
         await self._not_found(scope, send)
+
+    @contextlib.asynccontextmanager
+    async def _concurrency_slot(self, worker_id: str, limit: int | None) -> AsyncIterator[None]:
+        """Holds one of the worker's ``max_concurrency`` slots; waits up to
+        the queue timeout for one, then gives up with :class:`Overloaded`."""
+        if limit is None:
+            yield
+            return
+        semaphore = self._semaphores.setdefault(worker_id, trio.Semaphore(limit))
+        acquired = False
+        # Only the wait is bounded; the request itself runs under its own deadline.
+        with trio.move_on_after(self._config.pool.queue_timeout_s):
+            await semaphore.acquire()
+            acquired = True
+        if not acquired:
+            raise Overloaded(f"{worker_id} already has {limit} requests in flight (max_concurrency)")
+        try:
+            yield
+        finally:
+            semaphore.release()
 
     async def _kv_snapshot(self, namespace: str | None) -> dict[str, str]:
         if not namespace:
@@ -166,9 +189,10 @@ class WorkerApp:
             memory_bytes=limits.memory_bytes,
             timeout_ms=limits.timeout_ms,
         )
+        deadline_s = (limits.timeout_ms + self._config.pool.kill_grace_ms) / 1000
         try:
-            deadline_s = (limits.timeout_ms + self._config.pool.kill_grace_ms) / 1000
-            job = await self._pool.submit(invoke, deadline_s)
+            async with self._concurrency_slot(worker_id, settings.max_concurrency):
+                job = await self._pool.submit(invoke, deadline_s)
         except Overloaded as exc:
             log.warning("%s %s: 503, %s", scope["method"], path, exc)
             await _send_failure(send, FailureKind.OVERLOADED)

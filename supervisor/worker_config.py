@@ -61,13 +61,18 @@ class _Reader:
         self.warnings: list[str] = []
 
     def line_of(self, key: str) -> int | None:
-        match = re.search(
-            rf"^\s*\"?{re.escape(key)}\"?\s*=|^\s*\[+\s*{re.escape(key)}\s*\]+", self.text, re.M
-        )
-        return self.text.count("\n", 0, match.start()) + 1 if match else None
+        """The line of ``key = ...`` (its last dotted part), or of the
+        ``[table]`` header named by the whole dotted key."""
+        last = re.escape(key.split(".")[-1])
+        patterns = (rf'^\s*"?{last}"?\s*=', rf"^\s*\[+\s*{re.escape(key)}\s*\]+")
+        for pattern in patterns:
+            match = re.search(pattern, self.text, re.M)
+            if match:
+                return self.text.count("\n", 0, match.start()) + 1
+        return None
 
     def fail(self, key: str, problem: str) -> WorkerConfigError:
-        line = self.line_of(key.split(".")[-1])
+        line = self.line_of(key)
         where = f"{self.path}:{line}" if line else str(self.path)
         return WorkerConfigError(f"{where}: {problem}")
 
@@ -143,7 +148,7 @@ def load_worker_config(worker: Path, project: Path, defaults: Limits) -> WorkerC
     kv = reader.table(data, "kv", "data.kv", {"namespace"})
     namespace = reader.string(kv, "namespace", "data.kv.namespace")
     if "kv" in data and not namespace:
-        raise reader.fail("namespace", "[data.kv] needs a namespace")
+        raise reader.fail("data.kv", "[data.kv] needs a namespace")
     folders = _folders(reader, top.get("folders", []), worker.parent, project)
     features = reader.table(top, "features", "features", {"http_requests", "wasi_nn"})
     http = reader.table(
