@@ -17,22 +17,28 @@ from pathlib import Path
 
 import wasmtime
 
-from ipc.messages import Invoke, Reply, WorkerSpec
+from ipc.messages import HttpPolicy, Invoke, Reply, WorkerSpec
+from runner import http_import
+from runner.http_import import RequestContext
 from runner.modules import ModuleCache, load_worker, make_engine
 from runner.sandbox import Sandbox
 
 HELLO = Path(__file__).resolve().parent / "workers" / "hello.js"
+
+NO_HTTP = HttpPolicy([], ["GET", "POST", "PUT", "PATCH", "DELETE"], False)
 
 
 def measure(worker: Path, requests: int) -> dict[str, float]:
     engine = make_engine()
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
+    context = RequestContext()
+    http_import.define(linker, context)
     with tempfile.TemporaryDirectory() as scratch:
         cache = ModuleCache(engine, str(Path(scratch) / "cache"))
-        spec = WorkerSpec(worker.name, str(worker), "js", {}, [])
+        spec = WorkerSpec(worker.name, str(worker), "js", {}, [], NO_HTTP)
         loaded = load_worker(spec, cache, linker, write=True)
-        sandbox = Sandbox(engine, {worker.name: loaded}, 10, scratch)
+        sandbox = Sandbox(engine, {worker.name: loaded}, 10, scratch, context)
         invoke = Invoke(
             1,
             worker.name,

@@ -59,6 +59,15 @@ class Mount:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class HttpPolicy:
+    """``[features.http_requests]``: what outbound HTTP the worker may make."""
+
+    allowed_hosts: list[str]  # exact names, or "*.example.com" for subdomains
+    allowed_methods: list[str]
+    allow_http: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class WorkerSpec:
     """A worker as the runner sees it: what to load and how to run it."""
 
@@ -69,6 +78,7 @@ class WorkerSpec:
     variables: dict[str, str]
     # The first mount is WASI fd 3, which Zig workers use as their cwd.
     mounts: list[Mount]
+    http: HttpPolicy
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -248,5 +258,5 @@ def from_wire(obj: Any) -> Message:
 
 
 # Build every converter now, so a bad annotation fails at import, not mid-request.
-for _cls in (Mount, WorkerSpec, *MESSAGE_TYPES.values()):
+for _cls in (Mount, HttpPolicy, WorkerSpec, *MESSAGE_TYPES.values()):
     _field_converters(_cls)

@@ -101,13 +101,16 @@ def _serve(channel: _Channel, config: Configure) -> int:
     # wasmtime is imported only now, in a process that was exec'd fresh.
     import wasmtime
 
+    from runner import http_import
     from runner.modules import LoadError, ModuleCache, load_worker, make_engine
     from runner.sandbox import Sandbox
 
+    http_context = http_import.RequestContext()
     try:
         engine = make_engine()
         linker = wasmtime.Linker(engine)
         linker.define_wasi()
+        http_import.define(linker, http_context)
         cache = ModuleCache(engine, config.cache_dir)
     except Exception:
         log.exception("engine setup failed")
@@ -125,7 +128,7 @@ def _serve(channel: _Channel, config: Configure) -> int:
     # Cap every file this process writes (guest stdout/stderr included) so a
     # hostile worker cannot fill the disk or /dev/shm.
     resource.setrlimit(resource.RLIMIT_FSIZE, (config.max_output_bytes, config.max_output_bytes))
-    sandbox = Sandbox(engine, workers, config.epoch_tick_ms, config.scratch_dir)
+    sandbox = Sandbox(engine, workers, config.epoch_tick_ms, config.scratch_dir, http_context)
     try:
         while True:
             try:

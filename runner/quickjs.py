@@ -27,6 +27,7 @@ import importlib.metadata
 import json
 import re
 import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from runner.wasmffi import RawFunc, export_get, signature
 ENGINE_DISTRIBUTION = "qjs-wasi-reactor.wasm"
 ENGINE_VERSION = "0.15.1.1"
 # Bump when the bake recipe changes: it is part of every snapshot's cache key.
-BAKE_VERSION = "js-snapshot/v3"
+BAKE_VERSION = "js-snapshot/v4"
 # The engine's shadow stack is about 68 KiB; QuickJS must throw RangeError
 # before running off it (which would trap with an out-of-bounds access).
 MAX_JS_STACK = 48 << 10
@@ -118,6 +119,7 @@ class Snapshot:
     runtime: int
     start_fn: int
     poll_fn: int
+    deliver_fn: int
     scratch: int
     # Preallocated for the request JSON, so most requests need no malloc call.
     request_buffer: int
@@ -245,6 +247,7 @@ def build_snapshot(
         runtime=runtime,
         start_fn=js.global_function("__wws_start"),
         poll_fn=js.global_function("__wws_poll"),
+        deliver_fn=js.global_function("__wws_deliver"),
         scratch=js.call("malloc", 64),
         request_buffer=js.call("malloc", _REQUEST_BUFFER),
         request_capacity=_REQUEST_BUFFER,
@@ -270,8 +273,11 @@ class JsProgram:
             raise ScriptLoadError(f"the JavaScript engine lacks {sorted(missing)}")
         self._signatures = signatures
 
-    def run(self, store: wasmtime.Store, request: bytes, deadline: float) -> bytes:
-        """Run one request; returns the shim's response JSON.
+    def run(
+        self, store: wasmtime.Store, request: bytes, deadline: float, fetch: Callable[[bytes], bytes]
+    ) -> bytes:
+        """Run one request; returns the shim's response JSON. ``fetch`` makes
+        a batch of the script's outbound requests (JSON in, results JSON out).
 
         Raises:
             wasmtime.Trap / wasmtime.WasmtimeError: fuel, epoch, stack, memory.
@@ -290,16 +296,18 @@ class JsProgram:
             # Re-read after every call that may grow (and so move) memory.
             return ctypes.addressof(memory.data_ptr(store).contents)
 
-        if len(request) <= snap.request_capacity:
-            pointer = snap.request_buffer
-        else:
-            malloc = _func(store, instance, "malloc")
-            pointer = int(malloc(store, len(request)) or 0)
-            if not pointer:
-                raise wasmtime.WasmtimeError("memory limit reached while passing the request")
-        ctypes.memmove(base() + pointer, request, len(request))
-        argument = calls["JS_NewStringLen"](snap.ctx, pointer, len(request))
-        ctypes.c_int64.from_address(base() + snap.scratch).value = argument
+        def js_string(data: bytes) -> int:
+            if len(data) <= snap.request_capacity:
+                pointer = snap.request_buffer
+            else:
+                malloc = _func(store, instance, "malloc")
+                pointer = int(malloc(store, len(data)) or 0)
+                if not pointer:
+                    raise wasmtime.WasmtimeError("memory limit reached while passing data to the script")
+            ctypes.memmove(base() + pointer, data, len(data))
+            return calls["JS_NewStringLen"](snap.ctx, pointer, len(data))
+
+        ctypes.c_int64.from_address(base() + snap.scratch).value = js_string(request)
         result = calls["JS_Call"](snap.ctx, snap.start_fn, _UNDEFINED, 1, snap.scratch)
         job_out = snap.scratch + 8
         while True:
@@ -308,7 +316,14 @@ class JsProgram:
                 text = calls["JS_ToCStringLen2"](snap.ctx, job_out, result, 0)
                 address = base()
                 length = ctypes.c_uint32.from_address(address + job_out).value
-                return ctypes.string_at(address + text, length)
+                output = ctypes.string_at(address + text, length)
+                if not output.startswith(b"F"):
+                    return output
+                delivery = js_string(fetch(output[1:]))
+                ctypes.c_int64.from_address(base() + snap.scratch).value = delivery
+                calls["JS_Call"](snap.ctx, snap.deliver_fn, _UNDEFINED, 1, snap.scratch)
+                result = _TAG_INT << 32  # run the jobs the delivery queued, then poll
+                continue
             if tag == _TAG_EXCEPTION:
                 raise ScriptLoadError("the JavaScript driver threw; this is a bug in wws-supervisor")
             if tag != _TAG_INT:

@@ -3,18 +3,23 @@ wall-clock limits, and turning every way that can fail into a FailureKind."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import functools
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 
 import wasmtime
 
-from ipc.messages import Failure, FailureKind, Invoke, Reply
+from ipc.messages import Failure, FailureKind, HttpPolicy, Invoke, Reply
 from runner.epoch import EpochTicker
+from runner.http_import import RequestContext
 from runner.kit import BadOutput, KitResponse, parse_response, request_json
 from runner.modules import LoadedWorker
+from runner.outbound import HttpErrorKind, OutboundError, send
 from runner.quickjs import JsProgram, ScriptLoadError, ScriptTimeout
 from runner.wasmffi import export_get, set_stdin_bytes
 
@@ -42,9 +47,15 @@ class Sandbox:
     """
 
     def __init__(
-        self, engine: wasmtime.Engine, workers: dict[str, LoadedWorker], tick_ms: int, scratch_dir: str
+        self,
+        engine: wasmtime.Engine,
+        workers: dict[str, LoadedWorker],
+        tick_ms: int,
+        scratch_dir: str,
+        http_context: RequestContext,
     ) -> None:
         self._engine = engine
+        self._http_context = http_context
         self._workers = workers
         self._ticker = EpochTicker(engine, tick_ms)
         self._scratch = os.path.join(scratch_dir, str(os.getpid()))
@@ -78,13 +89,15 @@ class Sandbox:
                 wasi.preopen_dir(mount.host_path, mount.guest_path, mount.writable)
         outcome = _Outcome()
         logs = b""
+        deadline = time.monotonic() + invoke.timeout_ms / 1000
+        self._http_context.start(worker.spec.http, deadline)
         self._ticker.request_started()
         try:
             if worker.js is not None:
                 store.set_wasi(wasi)
                 request = request_json(invoke, seed=os.urandom(16).hex())
-                deadline = time.monotonic() + invoke.timeout_ms / 1000
-                output, instance = self._execute_js(store, worker.js, request, deadline, outcome), None
+                fetch = functools.partial(_script_fetch, worker.spec.http, deadline)
+                output, instance = self._execute_js(store, worker.js, request, deadline, fetch, outcome), None
             else:
                 set_stdin_bytes(wasi, request_json(invoke))
                 store.set_wasi(wasi)
@@ -129,10 +142,16 @@ class Sandbox:
         return Failure(invoke.request_id, outcome.kind, outcome.detail, fuel_used, elapsed_us, logs + stderr)
 
     def _execute_js(
-        self, store: wasmtime.Store, program: JsProgram, request: bytes, deadline: float, outcome: _Outcome
+        self,
+        store: wasmtime.Store,
+        program: JsProgram,
+        request: bytes,
+        deadline: float,
+        fetch: Callable[[bytes], bytes],
+        outcome: _Outcome,
     ) -> bytes | None:
         try:
-            return program.run(store, request, deadline)
+            return program.run(store, request, deadline, fetch)
         except ScriptTimeout as exc:
             outcome.kind, outcome.detail = FailureKind.TIMEOUT, str(exc)
         except ScriptLoadError as exc:
@@ -165,6 +184,37 @@ class Sandbox:
             err.seek(max(0, size - STDERR_TAIL))
             stderr = err.read()
         return stdout, stderr
+
+
+# Outbound requests one script request may make.
+MAX_FETCHES_PER_REQUEST = 64
+
+
+def _script_fetch(policy: HttpPolicy, deadline: float, batch: bytes) -> bytes:
+    """Make a script's queued fetch() calls under its policy; results go back
+    as JSON for ``__wws_deliver`` (errors in wws's "[Kind] message" form)."""
+    results: list[dict[str, object]] = []
+    for index, item in enumerate(json.loads(batch)):
+        try:
+            if index >= MAX_FETCHES_PER_REQUEST:
+                raise OutboundError(
+                    HttpErrorKind.NOT_ALLOWED, f"more than {MAX_FETCHES_PER_REQUEST} fetches in one request"
+                )
+            body = base64.b64decode(item["body"]) if item.get("hasBody") else None
+            headers = [(str(name), str(value)) for name, value in item["headers"]]
+            response = send(policy, str(item["method"]), str(item["url"]), headers, body, deadline)
+        except OutboundError as exc:
+            results.append({"id": item["id"], "error": f"[{exc.kind.label}] {exc.message}"})
+            continue
+        results.append(
+            {
+                "id": item["id"],
+                "status": response.status,
+                "headers": response.headers,
+                "body": base64.b64encode(response.body).decode(),
+            }
+        )
+    return json.dumps(results).encode()
 
 
 def _kv_changes(before: dict[str, str], after: dict[str, str] | None) -> tuple[dict[str, str], list[str]]:

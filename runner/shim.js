@@ -384,11 +384,39 @@
     },
   };
 
-  // ---- outbound HTTP: denied until per-worker configuration allows hosts
-  async function fetch(resource) {
-    const url = new URL(resource instanceof Request ? resource.url : String(resource));
-    throw new Error(`[Not allowed] The host '${url.hostname}' is not allowed for this worker. Please, update the worker configuration.`);
+  // ---- outbound HTTP: queued here, made by the runner (which enforces the
+  // worker's [features.http_requests] policy), delivered back as a Response.
+  let outbound = [], pendingFetches = new Map(), nextFetch = 1;
+  function fetch(resource, init = {}) {
+    return new Promise((resolve, reject) => {
+      let request;
+      try {
+        request = resource instanceof Request && Object.keys(init).length === 0 ? resource : new Request(resource instanceof Request ? resource.url : String(resource), init);
+        new URL(request.url);
+      } catch (e) {
+        reject(new Error(`[Invalid Request] ${e.message}`));
+        return;
+      }
+      const id = nextFetch++;
+      pendingFetches.set(id, { resolve, reject });
+      outbound.push({
+        id, method: request.method, url: request.url, headers: [...request.headers],
+        body: bytesToBase64(bodyBytes(bodyFrom(request.body))), hasBody: request.body !== "",
+      });
+    });
   }
+  G.__wws_deliver = (json) => {
+    for (const result of JSON.parse(json)) {
+      const pending = pendingFetches.get(result.id);
+      pendingFetches.delete(result.id);
+      if (!pending) continue;
+      if (result.error) pending.reject(new Error(result.error));
+      else {
+        const bytes = Uint8Array.from(atob(result.body), (c) => c.charCodeAt(0));
+        pending.resolve(new Response(bytes, { status: result.status, headers: result.headers }));
+      }
+    }
+  };
 
   // ---- the fetch event and the module entry point
   let listener = null, moduleHandler = null, env = {};
@@ -465,6 +493,8 @@
   G.__wws_poll = () => {
     for (;;) {
       if (outcome) return JSON.stringify(outcome);
+      // "F" + JSON: requests for the runner to make, then __wws_deliver.
+      if (outbound.length) return "F" + JSON.stringify(outbound.splice(0));
       if (timers.size === 0) {
         fail(new Error("the handler's promise never settled (nothing left to wait for)"));
         continue;

@@ -24,7 +24,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from ipc.messages import Mount, WorkerSpec
+from ipc.messages import HttpPolicy, Mount, WorkerSpec
 from supervisor.asgi import WorkerApp
 from supervisor.config import ServerConfig
 from supervisor.discovery import WorkerFile, discover
@@ -168,7 +168,9 @@ async def _compile(pool: Pool, workers: list[WorkerFile], project_arg: str, out:
 
 def _spec(worker: WorkerFile, settings: WorkerConfig) -> WorkerSpec:
     mounts = [Mount(str(f.source), f.guest, f.writable) for f in settings.folders]
-    return WorkerSpec(worker.relative, str(worker.absolute), worker.kind, settings.variables, mounts)
+    rules = settings.http_requests
+    policy = HttpPolicy(list(rules.allowed_hosts), list(rules.allowed_methods), rules.allow_http)
+    return WorkerSpec(worker.relative, str(worker.absolute), worker.kind, settings.variables, mounts, policy)
 
 
 def _worker_settings(

@@ -9,6 +9,7 @@ from ipc.messages import (
     Configure,
     Failure,
     FailureKind,
+    HttpPolicy,
     Invoke,
     Mount,
     Ready,
@@ -22,7 +23,16 @@ SAMPLES = [
     Configure(
         0,
         PROTOCOL_VERSION,
-        [WorkerSpec("a.wasm", "/p/a.wasm", "wasm", {"K": "v"}, [Mount("/p/data", "/data", False)])],
+        [
+            WorkerSpec(
+                "a.wasm",
+                "/p/a.wasm",
+                "wasm",
+                {"K": "v"},
+                [Mount("/p/data", "/data", False)],
+                HttpPolicy(["*.example.com"], ["GET"], True),
+            )
+        ],
         "/cache",
         "/scratch",
         False,

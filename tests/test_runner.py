@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from ipc.codec import FrameDecoder, encode
-from ipc.messages import PROTOCOL_VERSION, Configure, Failure, Invoke, Ready, Reply, WorkerSpec
+from ipc.messages import PROTOCOL_VERSION, Configure, Failure, HttpPolicy, Invoke, Ready, Reply, WorkerSpec
 from tests.helpers import TEST_PROJECT
 
 RUNNER = [sys.executable, "-I", "-m", "runner"]
+
+NO_HTTP = HttpPolicy([], ["GET", "POST", "PUT", "PATCH", "DELETE"], False)
 
 
 def _configure(
@@ -46,8 +48,8 @@ def test_wrong_protocol_version_exits_3(tmp_path: Path) -> None:
 
 
 def test_serves_requests_in_order_and_exits_on_eof(tmp_path: Path) -> None:
-    hello = WorkerSpec("hello.wat", str(TEST_PROJECT / "hello.wat"), "wat", {}, [])
-    trap = WorkerSpec("trap.wat", str(TEST_PROJECT / "trap.wat"), "wat", {}, [])
+    hello = WorkerSpec("hello.wat", str(TEST_PROJECT / "hello.wat"), "wat", {}, [], NO_HTTP)
+    trap = WorkerSpec("trap.wat", str(TEST_PROJECT / "trap.wat"), "wat", {}, [], NO_HTTP)
     frames = (
         encode(_configure(tmp_path, [hello, trap]))
         + encode(_invoke(1, "hello.wat"))
@@ -66,8 +68,8 @@ def test_serves_requests_in_order_and_exits_on_eof(tmp_path: Path) -> None:
 
 def test_prepare_reports_load_errors_and_fills_the_cache(tmp_path: Path) -> None:
     (tmp_path / "broken.wasm").write_bytes(b"not wasm")
-    good = WorkerSpec("hello.wat", str(TEST_PROJECT / "hello.wat"), "wat", {}, [])
-    bad = WorkerSpec("broken.wasm", str(tmp_path / "broken.wasm"), "wasm", {}, [])
+    good = WorkerSpec("hello.wat", str(TEST_PROJECT / "hello.wat"), "wat", {}, [], NO_HTTP)
+    bad = WorkerSpec("broken.wasm", str(tmp_path / "broken.wasm"), "wasm", {}, [], NO_HTTP)
     code, replies, _ = _talk(encode(_configure(tmp_path, [good, bad], prepare=True)))
     assert code == 0
     (ready,) = replies
@@ -80,7 +82,7 @@ def test_prepare_reports_load_errors_and_fills_the_cache(tmp_path: Path) -> None
 
 
 def test_corrupt_cache_entry_is_recompiled(tmp_path: Path) -> None:
-    good = WorkerSpec("hello.wat", str(TEST_PROJECT / "hello.wat"), "wat", {}, [])
+    good = WorkerSpec("hello.wat", str(TEST_PROJECT / "hello.wat"), "wat", {}, [], NO_HTTP)
     _talk(encode(_configure(tmp_path, [good], prepare=True)))
     (entry,) = (tmp_path / "cache").glob("*.cwasm")
     entry.write_bytes(b"\x7fELF but not really")
@@ -94,6 +96,6 @@ def test_corrupt_cache_entry_is_recompiled(tmp_path: Path) -> None:
 @pytest.mark.parametrize("worker", ["both.wat"])
 def test_module_both_command_and_reactor_is_refused(tmp_path: Path, worker: str) -> None:
     (tmp_path / worker).write_text('(module (func (export "_start")) (func (export "_initialize")))')
-    spec = WorkerSpec(worker, str(tmp_path / worker), "wat", {}, [])
+    spec = WorkerSpec(worker, str(tmp_path / worker), "wat", {}, [], NO_HTTP)
     _, replies, _ = _talk(encode(_configure(tmp_path, [spec], prepare=True)))
     assert "both _start and _initialize" in replies[0].load_errors[worker]  # type: ignore[attr-defined]
