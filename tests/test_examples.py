@@ -54,7 +54,17 @@ async def test_every_example_answers(examples_server: ServerProcess) -> None:
 
 
 async def test_sources_are_not_served(examples_server: ServerProcess) -> None:
-    for path in ("/_src/user.c", "/_src/kit.h", "/_src/build.sh", "/hello.wat", "/c/echo.wasm"):
+    for path in (
+        "/_src/user.c",
+        "/_src/kit.h",
+        "/_src/build.sh",
+        "/hello.wat",
+        "/c/echo.wasm",
+        "/c/files.toml",
+        "/c/_data/message.txt",
+        "/js/counter.js",
+        "/js/counter.toml",
+    ):
         assert (await http(examples_server.port, "GET", path)).status == 404
     # Under a dynamic route the file name is just a parameter value.
     as_param = await http(examples_server.port, "GET", "/users/[id].wasm")
@@ -71,7 +81,10 @@ def test_compiled_examples_rebuild_byte_for_byte(tmp_path: Path) -> None:
     pytest.importorskip("ziglang")
     copy = tmp_path / "examples"
     shutil.copytree(EXAMPLES, copy)
-    built = [copy / "users" / "[id].wasm", copy / "c" / "echo.wasm"]
+    built = [
+        copy / "users" / "[id].wasm",
+        *(copy / "c" / f"{name}.wasm" for name in ("echo", "counter", "files", "fetch")),
+    ]
     for wasm in built:
         wasm.unlink()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -99,3 +112,16 @@ async def test_javascript_examples(examples_server: ServerProcess) -> None:
     pixel = await http(port, "GET", "/js/pixel")
     assert pixel.headers["content-type"] == "image/gif"
     assert pixel.body.startswith(b"GIF89a")
+
+
+async def test_compiled_kv_mount_and_fetch_examples(examples_server: ServerProcess) -> None:
+    port = examples_server.port
+    mounted = await http(port, "GET", "/c/files")
+    assert mounted.text == "This page was loaded from a mounted file\n"
+    first = int((await http(port, "GET", "/c/counter")).text.removeprefix("Counter: "))
+    # The C and JS counters share the "counter" namespace and its "visits" key.
+    assert (await http(port, "GET", "/js/counter")).text == f"Counter: {first + 1}"
+    assert (await http(port, "GET", "/c/counter")).text == f"Counter: {first + 2}"
+    fetched = await http(port, "GET", "/c/fetch")
+    assert fetched.text.startswith("status=200\n<!doctype html><title>Hello</title>")
+    assert (await http(port, "GET", "/js/fetch")).text.startswith("Fetched /hello: 200, ")

@@ -22,7 +22,8 @@ addEventListener("fetch", (event) => {
   event.respondWith((async () => {
     const h = event.request.headers;
     try {
-      const r = await fetch(h.get("x-target"), { method: h.get("x-verb") || "GET", body: event.request.body || undefined });
+      const init = { method: h.get("x-verb") || "GET", body: event.request.body || undefined };
+      const r = await fetch(h.get("x-target"), init);
       return new Response(`status=${r.status}\\n${await r.text()}`);
     } catch (e) {
       return new Response(e.message, { status: 502 });
@@ -31,13 +32,15 @@ addEventListener("fetch", (event) => {
 });
 """
 
+_HTTP = "[features.http_requests]\n"
+_LOCAL = 'allowed_hosts = ["127.0.0.1"]\n'
 POLICIES = {
-    "allowed": '[features.http_requests]\\nallowed_hosts = ["127.0.0.1"]\\nallow_http = true\\n',
-    "wildcard": '[features.http_requests]\\nallowed_hosts = ["*.0.0.1"]\\nallow_http = true\\n',
-    "wronghost": '[features.http_requests]\\nallowed_hosts = ["example.com"]\\nallow_http = true\\n',
-    "onlyget": '[features.http_requests]\\nallowed_hosts = ["127.0.0.1"]\\nallowed_methods = ["GET"]\\nallow_http = true\\n',
-    "httpsonly": '[features.http_requests]\\nallowed_hosts = ["127.0.0.1"]\\n',
-    "slow": '[features.http_requests]\\nallowed_hosts = ["127.0.0.1"]\\nallow_http = true\\n[limits]\\ntimeout_ms = 800\\n',
+    "allowed": _HTTP + _LOCAL + "allow_http = true\n",
+    "wildcard": _HTTP + 'allowed_hosts = ["*.0.0.1"]\nallow_http = true\n',
+    "wronghost": _HTTP + 'allowed_hosts = ["example.com"]\nallow_http = true\n',
+    "onlyget": _HTTP + _LOCAL + 'allowed_methods = ["GET"]\nallow_http = true\n',
+    "httpsonly": _HTTP + _LOCAL,
+    "slow": _HTTP + _LOCAL + "allow_http = true\n[limits]\ntimeout_ms = 800\n",
 }
 METHOD_NUMBER = {"GET": "0", "POST": "1"}
 
@@ -91,7 +94,7 @@ def outbound_server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -
     for name, policy in POLICIES.items():
         for kind in ("js", "c"):
             (project / kind).mkdir(exist_ok=True)
-            toml = 'version = "1"\n' + policy.replace("\\n", "\n")
+            toml = 'version = "1"\n' + policy
             (project / kind / f"{name}.toml").write_text(toml)
         (project / "js" / f"{name}.js").write_text(PROXY_JS)
         shutil.copy(EXAMPLES / "c" / "fetch.wasm", project / "c" / f"{name}.wasm")
