@@ -81,19 +81,7 @@ def define(linker: wasmtime.Linker, context: RequestContext) -> None:
     func_type = wasmtime.FuncType([wasmtime.ValType.i32()] * 11, [])
 
     def send_http_request(caller: wasmtime.Caller, *args: int) -> None:
-        (
-            body_is_some,
-            body_ptr,
-            body_len,
-            headers_ptr,
-            headers_len,
-            method,
-            _params_ptr,
-            _params_len,
-            uri_ptr,
-            uri_len,
-            ret_ptr,
-        ) = args
+        ret_ptr = args[10]
         # Host functions must never raise into wasmtime (it parks the exception
         # globally); every failure becomes wws's error result instead.
         try:
@@ -102,18 +90,7 @@ def define(linker: wasmtime.Linker, context: RequestContext) -> None:
             log.warning("send-http-request unusable: %s", exc)
             raise wasmtime.Trap(str(exc)) from None
         try:
-            result = _call(
-                guest,
-                context,
-                body_is_some,
-                body_ptr,
-                body_len,
-                headers_ptr,
-                headers_len,
-                method,
-                uri_ptr,
-                uri_len,
-            )
+            result = _call(guest, context, args)
         except OutboundError as exc:
             result = _error(guest, exc.kind, exc.message)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -126,18 +103,9 @@ def define(linker: wasmtime.Linker, context: RequestContext) -> None:
     linker.define_func("http", "send-http-request", func_type, send_http_request, access_caller=True)
 
 
-def _call(
-    guest: _GuestMemory,
-    context: RequestContext,
-    body_is_some: int,
-    body_ptr: int,
-    body_len: int,
-    headers_ptr: int,
-    headers_len: int,
-    method: int,
-    uri_ptr: int,
-    uri_len: int,
-) -> bytes:
+def _call(guest: _GuestMemory, context: RequestContext, args: tuple[int, ...]) -> bytes:
+    # Parameter order of wws's ABI; params (6, 7) are ignored, as in wws.
+    body_is_some, body_ptr, body_len, headers_ptr, headers_len, method, _, _, uri_ptr, uri_len, _ = args
     if not 0 <= method < len(METHODS):
         raise OutboundError(HttpErrorKind.INVALID_REQUEST, f"unknown method {method}")
     uri = guest.string(uri_ptr, uri_len)
@@ -145,22 +113,16 @@ def _call(
     body = guest.read(body_ptr, body_len) if body_is_some else None
     started = time.monotonic()
     response = send(context.policy, METHODS[method], uri, headers, body, context.deadline)
-    log.debug(
-        "outbound %s %s -> %d in %.1f ms",
-        METHODS[method],
-        uri,
-        response.status,
-        (time.monotonic() - started) * 1000,
-    )
+    elapsed_ms = (time.monotonic() - started) * 1000
+    log.debug("outbound %s %s -> %d in %.1f ms", METHODS[method], uri, response.status, elapsed_ms)
     table = bytearray()
     for name, value in response.headers:
         key, val = name.encode(), value.encode("utf-8", "replace")
         table += struct.pack("<4I", guest.alloc(key), len(key), guest.alloc(val), len(val))
     headers_at = guest.alloc(bytes(table), align=4) if table else 0
     body_at = guest.alloc(response.body)
-    return struct.pack(
-        "<B3xIIIIIH2x", 0, 1, body_at, len(response.body), headers_at, len(response.headers), response.status
-    )
+    fields = (0, 1, body_at, len(response.body), headers_at, len(response.headers), response.status)
+    return struct.pack("<B3xIIIIIH2x", *fields)
 
 
 def _error(guest: _GuestMemory, kind: HttpErrorKind, message: str) -> bytes:
