@@ -1,130 +1,207 @@
-"""One command for the JavaScript numbers: per-request cost inside a runner,
-and end-to-end req/s through the server with wrk.
+"""The whole bench in one command: our server against its front end's ceiling
+and against a peer, side by side in one run on one machine.
 
-    .venv/bin/python bench/run.py [--quick] [--out bench/results.md]
+    .venv/bin/python bench/run.py            # about 2 minutes
+    .venv/bin/python bench/run.py --quick    # about 1 minute, for development
 
-Needs wrk (Debian: apt-get install wrk) for the end-to-end part; without it
-that row says so. Writes a markdown table (stdout, and --out if given).
+Needs wrk (apt-get install wrk) and, for the peer, Node.js (apt-get install
+nodejs). Writes bench/results.md (the table) and bench/results.json (raw
+numbers) unless --out-dir says elsewhere. Absolute req/s drift on shared
+machines; compare the ratios, which are taken within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
+import json
 import os
 import platform
-import re
-import subprocess
+import shutil
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.js_request import HELLO, measure
+from bench.harness import REPO, Load, Running, have, server, wrk  # noqa: E402
+from bench.js_request import HELLO as HELLO_JS  # noqa: E402
+from bench.js_request import measure as measure_js  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
-_START = re.compile(r"Start serving requests at http://127\.0\.0\.1:(\d+)")
+BENCH = REPO / "bench"
+WORKERS = BENCH / "workers"
+CONNECTIONS = 16
 
 
-def end_to_end(seconds: int, workers: int, connections: int) -> dict[str, str]:
-    if subprocess.run(["which", "wrk"], capture_output=True).returncode != 0:
-        return {"req/s": "wrk not installed", "p50": "-", "p99": "-", "errors": "-"}
-    with tempfile.TemporaryDirectory() as project, tempfile.TemporaryDirectory() as cache:
-        (Path(project) / "index.js").write_text(HELLO.read_text())
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "supervisor",
-                project,
-                "-p",
-                "0",
-                "-w",
-                str(workers),
-                "--cache-dir",
-                cache,
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            cwd=REPO,
-        )
-        try:
-            port = None
-            assert server.stdout is not None
-            for line in server.stdout:
-                found = _START.search(line)
-                if found:
-                    port = found.group(1)
-                    break
-            assert port, "the server did not start"
-            threading.Thread(target=server.stdout.read, daemon=True).start()
-            url = f"http://127.0.0.1:{port}/"
-            subprocess.run(["wrk", "-t1", "-c4", "-d1s", url], capture_output=True, check=True)  # warm up
-            result = subprocess.run(
-                ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        finally:
-            server.terminate()
-            server.wait(30)
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", result)
-    p50 = re.search(r"50%\s+(\S+)", result)
-    p99 = re.search(r"99%\s+(\S+)", result)
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", result)
-    socket_errors = re.search(r"Socket errors: (.*)", result)
-    return {
-        "req/s": rps.group(1) if rps else "?",
-        "p50": p50.group(1) if p50 else "?",
-        "p99": p99.group(1) if p99 else "?",
-        "errors": (errors.group(1) if errors else "0")
-        + (f" ({socket_errors.group(1)})" if socket_errors else ""),
-    }
+def _supervisor(project: Path, cache: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "supervisor", str(project), "-p", "0", "--cache-dir", str(cache),
+            "--log-level", "warning", *extra]
+
+
+def _bench_project(root: Path) -> Path:
+    """hello.wasm at /hello, hello.js at /js, the endless loop at /loop."""
+    import wasmtime
+
+    project = root / "project"
+    project.mkdir()
+    shutil.copy(WORKERS / "hello.wasm", project / "hello.wasm")
+    shutil.copy(HELLO_JS, project / "js.js")
+    (project / "loop.wasm").write_bytes(wasmtime.wat2wasm((WORKERS / "loop.wat").read_text()))
+    return project
+
+
+class _NoisyClient:
+    """One client that keeps the endless-loop route busy, one request after another."""
+
+    def __init__(self, url: str) -> None:
+        self._url, self._stop = url, threading.Event()
+        self.sent = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                urllib.request.urlopen(self._url, timeout=60).read()
+            except OSError:
+                pass  # 504 from us; a hang and then a reset from the peer
+            self.sent += 1
+
+    def __enter__(self) -> _NoisyClient:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+
+
+def _first_200(url: str, started: float) -> float:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        assert response.status == 200
+    return time.monotonic() - started
+
+
+def _row(name: str, load: Load, rss: dict[str, float] | None = None) -> dict[str, Any]:
+    return {"scenario": name, **dataclasses.asdict(load), "rss_mb": rss or {}}
+
+
+def run(quick: bool) -> dict[str, Any]:
+    seconds = 3 if quick else 10
+    rows: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        project, cache = _bench_project(root), root / "cache"
+
+        with server([sys.executable, str(BENCH / "limit_app.py"), "0"], "listening on") as limit:
+            wrk(f"http://127.0.0.1:{limit.port}/", 1)  # warm up
+            rows.append(_row("limit: bare ASGI hello on hypercorn (trio)", wrk(f"http://127.0.0.1:{limit.port}/", seconds)))
+
+        with server(_supervisor(project, cache), "Start serving") as ours:
+            idle = ours.rss_mb()
+            base = f"http://127.0.0.1:{ours.port}"
+            wrk(f"{base}/hello", 1)
+            wasm = wrk(f"{base}/hello", seconds)
+            rows.append(_row("wasm: our server, compiled kit worker", wasm))
+            wrk(f"{base}/js", 1)
+            rows.append(_row("js: our server, hello JS worker", wrk(f"{base}/js", seconds)))
+            loaded = ours.rss_mb()
+            with _NoisyClient(f"{base}/loop"):
+                noisy = wrk(f"{base}/hello", seconds)
+            rows.append(_row("noisy neighbour, ours: /hello while /loop burns a runner", noisy))
+            extra["memory_mb"] = {"idle": idle, "after load": loaded}
+
+        if have("node"):
+            loop_wasm = root / "project" / "loop.wasm"
+            peer_cmd = ["node", str(BENCH / "peers" / "node-wasi-server.js"), "0",
+                        f"/hello={WORKERS / 'hello.wasm'}", f"/loop={loop_wasm}"]
+            with server(peer_cmd, "peer listening") as peer:
+                url = f"http://127.0.0.1:{peer.port}/hello"
+                wrk(url, 1)
+                rows.append(_row("peer: Node.js node:wasi, same kit worker", wrk(url, seconds)))
+            with server(peer_cmd, "peer listening") as peer:
+                with _NoisyClient(f"http://127.0.0.1:{peer.port}/loop"):
+                    rows.append(_row("noisy neighbour, peer: /hello while /loop runs",
+                                     wrk(f"http://127.0.0.1:{peer.port}/hello", seconds)))
+        else:
+            rows.append(_row("peer: Node.js node:wasi", Load(note="node not installed")))
+
+        examples_cache = root / "examples-cache"
+        for label in ("empty", "warm"):
+            with server(_supervisor(REPO / "examples", examples_cache, "-w", "2"), "Start serving") as cold:
+                extra[f"cold start to first 200, {label} cache (s)"] = _first_200(
+                    f"http://127.0.0.1:{cold.port}/hello", cold.started_at
+                )
+
+    js = measure_js(HELLO_JS, 300 if quick else 3000)
+    extra["js in-runner median (us)"] = js["median_us"]
+    extra["js in-runner p99 (us)"] = js["p99_us"]
+    return {"rows": rows, "extra": extra, "machine": _machine(), "seconds": seconds, "connections": CONNECTIONS}
+
+
+def _machine() -> dict[str, str]:
+    names = ("wasmtime", "trio", "hypercorn", "msgpack", "qjs-wasi-reactor.wasm")
+    versions = {name: importlib.metadata.version(name) for name in names}
+    return {"cpus": str(os.cpu_count()), "arch": platform.machine(), "python": platform.python_version(), **versions}
+
+
+def _by(results: dict[str, Any], prefix: str) -> dict[str, Any] | None:
+    return next((r for r in results["rows"] if r["scenario"].startswith(prefix)), None)
+
+
+def table(results: dict[str, Any], command: str) -> str:
+    machine = results["machine"]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Machine: {machine['cpus']} CPUs ({machine['arch']}), Python {machine['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("cpus", "arch", "python")),
+        f"Load: wrk -t2 -c{results['connections']} -d{results['seconds']}s on loopback, sharing the CPUs.",
+        "",
+        "| scenario | req/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in results["rows"]:
+        if row["note"]:
+            lines.append(f"| {row['scenario']} | {row['note']} | | | |")
+            continue
+        lines.append(f"| {row['scenario']} | {row['rps']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
+                     f"{row['non_2xx'] + row['socket_errors']} |")
+    lines += ["", "| measure | value |", "|---|---:|"]
+    limit, wasm = _by(results, "limit"), _by(results, "wasm")
+    noisy, peer, peer_noisy = _by(results, "noisy neighbour, ours"), _by(results, "peer:"), _by(results, "noisy neighbour, peer")
+    if limit and wasm and limit["rps"]:
+        lines.append(f"| wasm / limit (target >= 0.7) | {wasm['rps'] / limit['rps']:.2f} |")
+    if wasm and noisy and wasm["rps"]:
+        lines.append(f"| ours under noisy neighbour / unloaded (target >= 0.5, 0 errors) | {noisy['rps'] / wasm['rps']:.2f} |")
+    if peer and peer_noisy and peer["rps"]:
+        lines.append(f"| peer under noisy neighbour / unloaded | {peer_noisy['rps'] / peer['rps']:.2f} |")
+    for key, value in results["extra"].items():
+        if key == "memory_mb":
+            for phase, rss in value.items():
+                parts = ", ".join(f"{'supervisor' if k == 'main' else 'runner'} {v:.1f}" for k, v in rss.items())
+                lines.append(f"| RSS MiB, {phase} | {parts} |")
+        else:
+            lines.append(f"| {key} | {value:.3f} |" if isinstance(value, float) and value < 100 else f"| {key} | {value:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="fewer samples and a 3 s load (about 20 s in all)"
-    )
-    parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 s per scenario and fewer samples (about a minute)")
+    parser.add_argument("--out-dir", type=Path, default=BENCH, help="where results.md and results.json go")
     args = parser.parse_args()
-    requests, seconds = (500, 3) if args.quick else (5000, 15)
-    inside = measure(HELLO, requests)
-    workers = os.cpu_count() or 1
-    e2e = end_to_end(seconds, workers, 32)
-    versions = ", ".join(
-        f"{name} {importlib.metadata.version(name)}"
-        for name in ("wasmtime", "trio", "hypercorn", "qjs-wasi-reactor.wasm")
-    )
-    table = "\n".join(
-        [
-            f"Machine: {os.cpu_count()} CPUs, {platform.machine()}, "
-            f"Python {platform.python_version()}; {versions}",
-            "",
-            "| scenario | result |",
-            "|---|---|",
-            f"| hello JS, isolated request inside a runner (median, {requests} requests) "
-            f"| {inside['median_us']:.0f} us |",
-            f"| same, p90 / p99 | {inside['p90_us']:.0f} / {inside['p99_us']:.0f} us |",
-            f"| same, fuel per request | {inside['fuel']:,.0f} |",
-            f"| hello JS through the server, wrk -t2 -c32 -d{seconds}s, {workers} runners: req/s "
-            f"| {e2e['req/s']} |",
-            f"| same, latency p50 / p99 | {e2e['p50']} / {e2e['p99']} |",
-            f"| same, non-2xx responses | {e2e['errors']} |",
-        ]
-    )
-    print(table)
-    if args.out:
-        args.out.write_text(table + "\n")
+    command = "python bench/run.py" + (" --quick" if args.quick else "")
+    results = run(args.quick)
+    text = table(results, command)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "results.md").write_text(text + "\n")
+    (args.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
