@@ -56,7 +56,11 @@ def server(command: Sequence[str], ready: str, timeout: float = 300) -> Iterator
     """Start ``command``; yield once a stdout line contains ``ready`` (and a URL with the port)."""
     started = time.monotonic()
     process = subprocess.Popen(
-        list(command), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
+        list(command),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=REPO,
         start_new_session=True,
     )
     try:
@@ -93,7 +97,9 @@ def wrk(url: str, seconds: int, connections: int = 16, threads: int = 2) -> Load
         return Load(note="wrk not installed")
     result = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency", url],
-        capture_output=True, text=True, timeout=seconds + 60,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
     )
     text = result.stdout
     load = Load()

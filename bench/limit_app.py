@@ -43,8 +43,11 @@ async def main(port: int) -> None:
                 return
 
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(lambda task_status: hypercorn.trio.serve(
-            app, config, shutdown_trigger=stop, task_status=task_status))  # type: ignore[arg-type]
+        binds = await nursery.start(
+            lambda task_status: hypercorn.trio.serve(
+                app, config, shutdown_trigger=stop, task_status=task_status
+            )
+        )  # type: ignore[arg-type]
         print(f"listening on {binds[0]}", flush=True)
 
 

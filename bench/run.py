@@ -13,6 +13,7 @@ machines; compare the ratios, which are taken within one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
@@ -29,9 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import REPO, Load, Running, have, server, wrk  # noqa: E402
-from bench.js_request import HELLO as HELLO_JS  # noqa: E402
-from bench.js_request import measure as measure_js  # noqa: E402
+from bench.harness import REPO, Load, have, server, wrk
+from bench.js_request import HELLO as HELLO_JS
+from bench.js_request import measure as measure_js
 
 BENCH = REPO / "bench"
 WORKERS = BENCH / "workers"
@@ -39,8 +40,19 @@ CONNECTIONS = 16
 
 
 def _supervisor(project: Path, cache: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "supervisor", str(project), "-p", "0", "--cache-dir", str(cache),
-            "--log-level", "warning", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "supervisor",
+        str(project),
+        "-p",
+        "0",
+        "--cache-dir",
+        str(cache),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
 
 
 def _bench_project(root: Path) -> Path:
@@ -65,10 +77,9 @@ class _NoisyClient:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
+            # 504 from us; from the peer a hang and then a reset (OSError).
+            with contextlib.suppress(OSError):
                 urllib.request.urlopen(self._url, timeout=60).read()
-            except OSError:
-                pass  # 504 from us; a hang and then a reset from the peer
             self.sent += 1
 
     def __enter__(self) -> _NoisyClient:
@@ -99,7 +110,12 @@ def run(quick: bool) -> dict[str, Any]:
 
         with server([sys.executable, str(BENCH / "limit_app.py"), "0"], "listening on") as limit:
             wrk(f"http://127.0.0.1:{limit.port}/", 1)  # warm up
-            rows.append(_row("limit: bare ASGI hello on hypercorn (trio)", wrk(f"http://127.0.0.1:{limit.port}/", seconds)))
+            rows.append(
+                _row(
+                    "limit: bare ASGI hello on hypercorn (trio)",
+                    wrk(f"http://127.0.0.1:{limit.port}/", seconds),
+                )
+            )
 
         with server(_supervisor(project, cache), "Start serving") as ours:
             idle = ours.rss_mb()
@@ -117,16 +133,27 @@ def run(quick: bool) -> dict[str, Any]:
 
         if have("node"):
             loop_wasm = root / "project" / "loop.wasm"
-            peer_cmd = ["node", str(BENCH / "peers" / "node-wasi-server.js"), "0",
-                        f"/hello={WORKERS / 'hello.wasm'}", f"/loop={loop_wasm}"]
+            peer_cmd = [
+                "node",
+                str(BENCH / "peers" / "node-wasi-server.js"),
+                "0",
+                f"/hello={WORKERS / 'hello.wasm'}",
+                f"/loop={loop_wasm}",
+            ]
             with server(peer_cmd, "peer listening") as peer:
                 url = f"http://127.0.0.1:{peer.port}/hello"
                 wrk(url, 1)
                 rows.append(_row("peer: Node.js node:wasi, same kit worker", wrk(url, seconds)))
-            with server(peer_cmd, "peer listening") as peer:
-                with _NoisyClient(f"http://127.0.0.1:{peer.port}/loop"):
-                    rows.append(_row("noisy neighbour, peer: /hello while /loop runs",
-                                     wrk(f"http://127.0.0.1:{peer.port}/hello", seconds)))
+            with (
+                server(peer_cmd, "peer listening") as peer,
+                _NoisyClient(f"http://127.0.0.1:{peer.port}/loop"),
+            ):
+                rows.append(
+                    _row(
+                        "noisy neighbour, peer: /hello while /loop runs",
+                        wrk(f"http://127.0.0.1:{peer.port}/hello", seconds),
+                    )
+                )
         else:
             rows.append(_row("peer: Node.js node:wasi", Load(note="node not installed")))
 
@@ -140,13 +167,24 @@ def run(quick: bool) -> dict[str, Any]:
     js = measure_js(HELLO_JS, 300 if quick else 3000)
     extra["js in-runner median (us)"] = js["median_us"]
     extra["js in-runner p99 (us)"] = js["p99_us"]
-    return {"rows": rows, "extra": extra, "machine": _machine(), "seconds": seconds, "connections": CONNECTIONS}
+    return {
+        "rows": rows,
+        "extra": extra,
+        "machine": _machine(),
+        "seconds": seconds,
+        "connections": CONNECTIONS,
+    }
 
 
 def _machine() -> dict[str, str]:
     names = ("wasmtime", "trio", "hypercorn", "msgpack", "qjs-wasi-reactor.wasm")
     versions = {name: importlib.metadata.version(name) for name in names}
-    return {"cpus": str(os.cpu_count()), "arch": platform.machine(), "python": platform.python_version(), **versions}
+    return {
+        "cpus": str(os.cpu_count()),
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+        **versions,
+    }
 
 
 def _by(results: dict[str, Any], prefix: str) -> dict[str, Any] | None:
@@ -169,30 +207,47 @@ def table(results: dict[str, Any], command: str) -> str:
         if row["note"]:
             lines.append(f"| {row['scenario']} | {row['note']} | | | |")
             continue
-        lines.append(f"| {row['scenario']} | {row['rps']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
-                     f"{row['non_2xx'] + row['socket_errors']} |")
+        lines.append(
+            f"| {row['scenario']} | {row['rps']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
+            f"{row['non_2xx'] + row['socket_errors']} |"
+        )
     lines += ["", "| measure | value |", "|---|---:|"]
     limit, wasm = _by(results, "limit"), _by(results, "wasm")
-    noisy, peer, peer_noisy = _by(results, "noisy neighbour, ours"), _by(results, "peer:"), _by(results, "noisy neighbour, peer")
+    noisy, peer, peer_noisy = (
+        _by(results, "noisy neighbour, ours"),
+        _by(results, "peer:"),
+        _by(results, "noisy neighbour, peer"),
+    )
     if limit and wasm and limit["rps"]:
         lines.append(f"| wasm / limit (target >= 0.7) | {wasm['rps'] / limit['rps']:.2f} |")
     if wasm and noisy and wasm["rps"]:
-        lines.append(f"| ours under noisy neighbour / unloaded (target >= 0.5, 0 errors) | {noisy['rps'] / wasm['rps']:.2f} |")
+        ratio = noisy["rps"] / wasm["rps"]
+        lines.append(f"| ours under noisy neighbour / unloaded (target >= 0.5, 0 errors) | {ratio:.2f} |")
     if peer and peer_noisy and peer["rps"]:
         lines.append(f"| peer under noisy neighbour / unloaded | {peer_noisy['rps'] / peer['rps']:.2f} |")
     for key, value in results["extra"].items():
         if key == "memory_mb":
             for phase, rss in value.items():
-                parts = ", ".join(f"{'supervisor' if k == 'main' else 'runner'} {v:.1f}" for k, v in rss.items())
+                parts = ", ".join(
+                    f"{'supervisor' if k == 'main' else 'runner'} {v:.1f}" for k, v in rss.items()
+                )
                 lines.append(f"| RSS MiB, {phase} | {parts} |")
         else:
-            lines.append(f"| {key} | {value:.3f} |" if isinstance(value, float) and value < 100 else f"| {key} | {value:.0f} |")
+            lines.append(
+                f"| {key} | {value:.3f} |"
+                if isinstance(value, float) and value < 100
+                else f"| {key} | {value:.0f} |"
+            )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 s per scenario and fewer samples (about a minute)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="3 s per scenario and fewer samples (about a minute)"
+    )
     parser.add_argument("--out-dir", type=Path, default=BENCH, help="where results.md and results.json go")
     args = parser.parse_args()
     command = "python bench/run.py" + (" --quick" if args.quick else "")

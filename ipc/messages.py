@@ -238,9 +238,24 @@ def _flatten(value: Any) -> Any:
     return value
 
 
+def _holds_dataclass(tp: Any) -> bool:
+    if dataclasses.is_dataclass(tp):
+        return True
+    return any(_holds_dataclass(arg) for arg in typing.get_args(tp))
+
+
+# Per message class: (field name, needs flattening). Only fields that can hold
+# a nested dataclass are walked; the hot messages (Invoke, Reply) have none.
+_WIRE_FIELDS: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
+
+
 def to_wire(message: Message) -> list[Any]:
     """The msgpack-ready array for ``message``."""
-    return [message.TYPE, *_flatten(message)]
+    fields = _WIRE_FIELDS[type(message)]
+    return [
+        message.TYPE,
+        *(_flatten(getattr(message, name)) if nested else getattr(message, name) for name, nested in fields),
+    ]
 
 
 def from_wire(obj: Any) -> Message:
@@ -260,3 +275,6 @@ def from_wire(obj: Any) -> Message:
 # Build every converter now, so a bad annotation fails at import, not mid-request.
 for _cls in (Mount, HttpPolicy, WorkerSpec, *MESSAGE_TYPES.values()):
     _field_converters(_cls)
+for _cls in MESSAGE_TYPES.values():
+    _hints = typing.get_type_hints(_cls)
+    _WIRE_FIELDS[_cls] = tuple((f.name, _holds_dataclass(_hints[f.name])) for f in dataclasses.fields(_cls))

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 10.0
 _FIRST_BACKOFF_S = 0.05
+_RSS_CHECK_EVERY = 16
 # A runner that crashes sooner than this after its start counts towards the backoff.
 _STABLE_AFTER_S = 10.0
 
@@ -268,6 +269,10 @@ class Pool:
             if handle.requests_served >= quota:
                 log.info("runner %d recycled after %d requests", handle.pid, handle.requests_served)
                 return "recycled"
+            # Reading RSS costs a /proc read; every few requests is often enough
+            # to catch a runner that keeps growing.
+            if handle.requests_served % _RSS_CHECK_EVERY:
+                continue
             rss = handle.rss_bytes()
             if rss > ceiling:
                 log.warning(
