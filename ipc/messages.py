@@ -227,7 +227,7 @@ def _build(cls: type[Any], values: Any) -> Any:
     convs = _field_converters(cls)
     if len(values) != len(convs):
         raise WireError(f"{cls.__name__}: expected {len(convs)} fields, got {len(values)}")
-    return cls(*(conv(value) for conv, value in zip(convs, values, strict=True)))
+    return cls(*[conv(value) for conv, value in zip(convs, values, strict=True)])
 
 
 def _flatten(value: Any) -> Any:

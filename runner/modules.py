@@ -173,6 +173,14 @@ def load_worker(
     if "_start" in exports and "_initialize" in exports:
         raise LoadError("the module exports both _start and _initialize; it must be a command or a reactor")
     entry = "_start" if "_start" in exports else ("_initialize" if "_initialize" in exports else None)
+    if entry is not None:
+        entry_type = next(e.type for e in module.exports if e.name == entry)
+        if (
+            not isinstance(entry_type, wasmtime.FuncType)
+            or list(entry_type.params)
+            or list(entry_type.results)
+        ):
+            raise LoadError(f"{entry} must be a function with no parameters and no results")
     try:
         instance_pre = linker.instantiate_pre(module)
     except wasmtime.WasmtimeError as exc:

@@ -34,7 +34,7 @@ from pathlib import Path
 import wasmtime
 
 from runner.wasmbake import bake
-from runner.wasmffi import RawFunc, export_get, signature
+from runner.wasmffi import RawFunc, export_get, memory_base, raw_export, signature
 
 ENGINE_DISTRIBUTION = "qjs-wasi-reactor.wasm"
 ENGINE_VERSION = "0.15.1.1"
@@ -285,16 +285,18 @@ class JsProgram:
         """
         snap = self._snapshot
         instance = self._pre.instantiate(store)
+        # Raw exports: wrapping each in a Python Func/Memory object costs more
+        # than the call itself on this path.
+        signatures = self._signatures
         calls = {
-            name: RawFunc(store, _func(store, instance, name), *self._signatures[name])
+            name: RawFunc(store, raw_export(store, instance, name), *signatures[name])
             for name in _REQUEST_CALLS
         }
-        memory = export_get(store, instance, "memory")
-        assert isinstance(memory, wasmtime.Memory)
+        memory = raw_export(store, instance, "memory")
 
         def base() -> int:
             # Re-read after every call that may grow (and so move) memory.
-            return ctypes.addressof(memory.data_ptr(store).contents)
+            return memory_base(store, memory)
 
         def js_string(data: bytes) -> int:
             if len(data) <= snap.request_capacity:

@@ -21,7 +21,7 @@ from runner.kit import BadOutput, KitResponse, parse_response, request_json
 from runner.modules import LoadedWorker
 from runner.outbound import HttpErrorKind, OutboundError, send
 from runner.quickjs import JsProgram, ScriptLoadError, ScriptTimeout
-from runner.wasmffi import export_get, set_stdin_bytes
+from runner.wasmffi import RawFunc, export_get, raw_export, set_stdin_bytes
 
 # One table from wasmtime's trap codes to what we tell the client.
 _TRAP_KINDS = {
@@ -167,27 +167,41 @@ class Sandbox:
         try:
             instance = worker.instance_pre.instantiate(store)
             if worker.entry is not None:
-                entry = export_get(store, instance, worker.entry)
-                if not isinstance(entry, wasmtime.Func):
-                    raise wasmtime.WasmtimeError(f"{worker.entry} is not a function")
-                entry(store)
+                # _start/_initialize take and return nothing (checked at load);
+                # the raw call skips Func.__call__'s per-call type rebuild.
+                RawFunc(store, raw_export(store, instance, worker.entry), (), None)()
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             _classify(exc, outcome)
         return instance
 
     def _read_outputs(self) -> tuple[bytes, bytes]:
-        with open(self._stdout_path, "rb") as out:
-            stdout = out.read()
-        with open(self._stderr_path, "rb") as err:
-            err.seek(0, os.SEEK_END)
-            size = err.tell()
-            err.seek(max(0, size - STDERR_TAIL))
-            stderr = err.read()
+        fd = os.open(self._stdout_path, os.O_RDONLY)
+        try:
+            stdout = _read_all(fd)
+        finally:
+            os.close(fd)
+        # Most workers write nothing to stderr: skip the open when it is empty.
+        size = os.stat(self._stderr_path).st_size
+        if size == 0:
+            return stdout, b""
+        fd = os.open(self._stderr_path, os.O_RDONLY)
+        try:
+            os.lseek(fd, max(0, size - STDERR_TAIL), os.SEEK_SET)
+            stderr = _read_all(fd)
+        finally:
+            os.close(fd)
         return stdout, stderr
 
 
 # Outbound requests one script request may make.
 MAX_FETCHES_PER_REQUEST = 64
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _script_fetch(policy: HttpPolicy, deadline: float, batch: bytes) -> bytes:

@@ -70,11 +70,10 @@ class RawFunc:
 
     __slots__ = ("_buffer", "_context", "_func", "_kinds", "_result", "_trap")
 
-    def __init__(
-        self, store: wasmtime.Store, func: wasmtime.Func, params: tuple[str, ...], result: str | None
-    ):
+    def __init__(self, store: wasmtime.Store, func: Any, params: tuple[str, ...], result: str | None):
+        """``func`` is a ``wasmtime.Func`` or the raw extern from :func:`raw_export`."""
         self._context = store._context()
-        self._func = ctypes.byref(func._func)
+        self._func = ctypes.byref(func._func if isinstance(func, wasmtime.Func) else func.of.func)
         self._buffer = (ffi.wasmtime_val_raw_t * max(1, len(params), 1 if result else 0))()
         self._kinds = params
         self._result = result
