@@ -271,8 +271,8 @@ class Pool:
                 return "recycled"
             # Reading RSS costs a /proc read; every few requests is often enough
             # to catch a runner that keeps growing.
-            if handle.requests_served % _RSS_CHECK_EVERY:
-                continue
+            if handle.requests_served % _RSS_CHECK_EVERY != 1:
+                continue  # checked after the 1st, 17th, 33rd... request
             rss = handle.rss_bytes()
             if rss > ceiling:
                 log.warning(
