@@ -192,13 +192,11 @@ class WorkerApp:
         deadline_s = (limits.timeout_ms + self._config.pool.kill_grace_ms) / 1000
         try:
             async with self._concurrency_slot(worker_id, settings.max_concurrency):
-                job = await self._pool.submit(invoke, deadline_s)
+                result = await self._pool.submit(invoke, deadline_s)
         except Overloaded as exc:
             log.warning("%s %s: 503, %s", scope["method"], path, exc)
             await _send_failure(send, FailureKind.OVERLOADED)
             return
-        result = job.result
-        assert result is not None
         if result.stderr:
             for line in result.stderr.decode("utf-8", "replace").splitlines():
                 log.info("[%s] %s", route.path, line)

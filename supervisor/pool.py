@@ -1,9 +1,14 @@
-"""The runner pool: N slots, each keeping one runner process alive, all pulling
-requests from one bounded queue.
+"""The runner pool: N slots, each keeping one runner process alive.
 
-* A slot spawns its runner, handshakes, then serves jobs one at a time.
-* A runner that dies, breaks the protocol or misses its deadline is killed,
-  reaped and replaced; the request it held gets a typed failure.
+* A slot spawns its runner, handshakes, and puts it in the idle queue. The
+  process belongs to the slot's nursery, so it is always reaped.
+* A request leases an idle runner (waiting in FIFO order, bounded in number
+  and in time: 503 beyond either), talks to it directly, and hands it back, or
+  retires it. No extra task sits between a request and its runner.
+* A runner that dies, breaks the protocol or misses its deadline is retired:
+  its slot kills and reaps it and starts a replacement. The request gets a
+  typed failure; a runner found dead before it received anything is retried
+  once on another runner.
 * Repeated crashes back off exponentially (per slot), so a broken setup does
   not turn into a fork storm.
 * A runner is recycled between requests once it has served its request quota
@@ -13,9 +18,9 @@ requests from one bounded queue.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
+import math
 import random
 import shutil
 import time
@@ -37,20 +42,8 @@ _RSS_CHECK_EVERY = 16
 _STABLE_AFTER_S = 10.0
 
 
-@dataclasses.dataclass(eq=False)
-class Job:
-    invoke: Invoke
-    deadline_s: float
-    picked: trio.Event = dataclasses.field(default_factory=trio.Event)
-    done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    abandoned: bool = False
-    retried: bool = False
-    result: Reply | Failure | None = None
-    runner_pid: int = 0
-
-
 class Overloaded(Exception):
-    """No runner could take the request in time (or the queue is full)."""
+    """No runner could take the request in time (or too many are waiting)."""
 
 
 class Pool:
@@ -61,12 +54,15 @@ class Pool:
         self._workers = workers
         self._cache_dir = cache_dir
         self._scratch_dir = scratch_dir
-        self._send, self._receive = trio.open_memory_channel[Job](settings.queue_size)
+        # Unbounded: a runner that died while queued stays in the buffer until a
+        # lease skips it, so the buffer can briefly hold more than N handles.
+        self._idle_send, self._idle = trio.open_memory_channel[RunnerHandle](math.inf)
+        self._waiting = 0
+        self._closing = False
         self._ids = itertools.count(1)
         self._ready_count = 0
         self._all_ready = trio.Event()
         self.restarts = 0
-        self.live_pids: set[int] = set()
 
     def drop_workers(self, worker_ids: set[str]) -> None:
         """Leave these workers out of every runner (they failed to load)."""
@@ -111,34 +107,102 @@ class Pool:
             task_status.started()
 
     def close(self) -> None:
-        """Stop taking requests; runners exit once the queue is drained."""
-        self._send.close()
+        """Stop leasing runners; idle ones are retired now, busy ones when their request ends."""
+        self._closing = True
+        while True:
+            try:
+                self._idle.receive_nowait().retire("closed")
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
 
-    async def submit(
-        self, invoke: Invoke, deadline_s: float, on_picked: Callable[[Job], None] | None = None
-    ) -> Job:
-        """Queue ``invoke`` and wait for its outcome.
+    async def submit(self, invoke: Invoke, deadline_s: float) -> Reply | Failure:
+        """Run ``invoke`` on a leased runner; it is killed if it has not
+        answered within ``deadline_s``.
 
         Raises:
-            Overloaded: the queue is full, or no runner picked the job within
-                the queue timeout.
+            Overloaded: too many requests are already waiting for a runner, or
+                none became free within the queue timeout.
         """
-        job = Job(invoke, deadline_s)
-        try:
-            self._send.send_nowait(job)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            raise Overloaded("the request queue is full") from None
+        for attempt in range(2):
+            handle = await self._lease()
+            log.debug("request %d dispatched to runner %d", invoke.request_id, handle.pid)
+            started = time.monotonic()
+            # Shielded: a client that goes away mid-call must not leave the
+            # runner with a reply nobody reads. The deadline still applies.
+            with trio.CancelScope(shield=True):
+                try:
+                    result = await handle.call(invoke, deadline_s)
+                except RunnerLost as exc:
+                    if not exc.delivered and attempt == 0:
+                        log.warning(
+                            "runner %d had died while idle; request %d goes to another runner",
+                            handle.pid,
+                            invoke.request_id,
+                        )
+                        handle.retire("crashed")
+                        continue
+                    return await self._lost(handle, invoke, exc, time.monotonic() - started)
+            self._give_back(handle)
+            return result
+        raise AssertionError("unreachable")
+
+    async def _lease(self) -> RunnerHandle:
+        if self._closing:
+            raise Overloaded("the server is shutting down")
+        if self._waiting >= self.settings.queue_size:
+            raise Overloaded("the request queue is full")
+        self._waiting += 1
         try:
             with trio.move_on_after(self.settings.queue_timeout_s):
-                await job.picked.wait()
+                while True:
+                    handle = await self._idle.receive()
+                    if not handle.is_retired:  # skip runners that died while queued
+                        return handle
         finally:
-            # Timed out, or the client went away while queued: no runner
-            # should spend time on it.
-            job.abandoned = not job.picked.is_set()
-        if job.abandoned:
-            raise Overloaded("no runner became free in time")
-        await job.done.wait()
-        return job
+            self._waiting -= 1
+        raise Overloaded("no runner became free in time")
+
+    def _give_back(self, handle: RunnerHandle) -> None:
+        if self._closing:
+            handle.retire("closed")
+        elif handle.requests_served >= handle.quota:
+            log.info("runner %d recycled after %d requests", handle.pid, handle.requests_served)
+            handle.retire("recycled")
+        elif handle.requests_served % _RSS_CHECK_EVERY == 1 and handle.rss_bytes() > self._ceiling:
+            # Reading RSS costs a /proc read, so it is sampled (1st, 17th, ... request).
+            log.warning(
+                "runner %d recycled: RSS %d MiB over the %d MiB ceiling",
+                handle.pid,
+                handle.rss_bytes() >> 20,
+                self._ceiling >> 20,
+            )
+            handle.retire("recycled")
+        else:
+            self._idle_send.send_nowait(handle)
+
+    @property
+    def _ceiling(self) -> int:
+        return self.settings.max_runner_rss_mb << 20
+
+    async def _lost(self, handle: RunnerHandle, invoke: Invoke, exc: RunnerLost, elapsed: float) -> Failure:
+        with trio.move_on_after(2):
+            await handle.process.wait()
+        how = describe_exit(handle.process.returncode)
+        log.error("runner %d lost during request %d: %s (%s)", handle.pid, invoke.request_id, exc.detail, how)
+        # A runner we killed for a missed deadline did nothing wrong by itself;
+        # only unexplained deaths count towards the backoff.
+        handle.retire("recycled" if exc.kind is FailureKind.TIMEOUT else "crashed")
+        return Failure(invoke.request_id, exc.kind, f"{exc.detail} ({how})", 0, int(elapsed * 1e6), b"")
+
+    async def _watch_exit(self, handle: RunnerHandle) -> None:
+        # A runner that dies while idle (OOM killer, a stray signal) is noticed
+        # and replaced at once, not when the next request trips over it.
+        await handle.process.wait()
+        if not handle.is_retired:
+            log.warning(
+                "runner %d exited while idle (%s)", handle.pid, describe_exit(handle.process.returncode)
+            )
+            handle.retire("crashed")
 
     def _mark_ready(self) -> None:
         self._ready_count += 1
@@ -151,14 +215,13 @@ class Pool:
 
         def announce_ready() -> None:
             # Counted once per slot, even when its first boot fails, so one
-            # broken runner cannot hang startup (requests then queue or 503).
+            # broken runner cannot hang startup (requests then wait or 503).
             nonlocal announced
             if not announced:
                 announced = True
                 self._mark_ready()
 
-        carry: list[Job] = []
-        while True:
+        while not self._closing:
             if failures:
                 delay = min(_MAX_BACKOFF_S, _FIRST_BACKOFF_S * 2 ** (failures - 1))
                 log.warning(
@@ -166,7 +229,7 @@ class Pool:
                 )
                 await trio.sleep(delay)
             born = time.monotonic()
-            outcome = await self._run_one_runner(index, announce_ready, carry)
+            outcome = await self._run_one_runner(index, announce_ready)
             announce_ready()
             if outcome == "closed":
                 return
@@ -176,119 +239,37 @@ class Pool:
             elif time.monotonic() - born < _STABLE_AFTER_S:
                 failures += 1
             else:
-                # It ran fine for a while before dying: start a fresh count.
-                failures = 1
+                failures = 1  # it ran fine for a while before dying: a fresh count
 
-    async def _run_one_runner(self, index: int, announce_ready: Callable[[], None], carry: list[Job]) -> str:
-        """Boot one runner and serve with it. Returns the outcome, "closed"
-        (pool shut down), "recycled" (planned restart, or killed for a missed
-        deadline) or "crashed" (it died on its own or could not boot).
-        ``carry`` holds a job the previous runner
-        of this slot never received; it is served first."""
+    async def _run_one_runner(self, index: int, announce_ready: Callable[[], None]) -> str:
+        """Boot one runner, lend it out until it is retired, and dispose of
+        it. Returns why it ended: "closed", "recycled" or "crashed"."""
         handle: RunnerHandle | None = None
         try:
             async with trio.open_nursery() as nursery:
                 handle = await start_runner(nursery)
-                self.live_pids.add(handle.pid)
                 try:
                     with trio.fail_after(self.settings.boot_timeout_s):
                         await handle.handshake(self._configure(prepare=False))
                 except (RunnerLost, trio.TooSlowError) as exc:
                     handle.kill()
                     log.error("runner %d failed to boot: %s", handle.pid, exc or "timed out")
-                    for job in carry:
-                        job.result = Failure(
-                            job.invoke.request_id,
-                            FailureKind.RUNNER_DIED,
-                            "no runner could be started",
-                            0,
-                            0,
-                            b"",
-                        )
-                        job.done.set()
-                    carry.clear()
                     return "crashed"
+                jitter = min(self.settings.max_requests_jitter, self.settings.max_requests // 10)
+                handle.quota = self.settings.max_requests + random.randint(0, jitter)
                 log.debug("runner %d ready in slot %d", handle.pid, index)
                 announce_ready()
-                outcome = await self._serve(handle, carry)
-                if outcome == "crashed":
+                if self._closing:
+                    handle.retire("closed")
+                else:
+                    self._idle_send.send_nowait(handle)
+                nursery.start_soon(self._watch_exit, handle)
+                reason = await handle.retired()
+                if reason == "crashed":
                     handle.kill()
                 else:
                     await handle.close()
-                return outcome
+                return reason
         finally:
             if handle is not None:
-                self.live_pids.discard(handle.pid)
                 shutil.rmtree(self._scratch_dir / str(handle.pid), ignore_errors=True)
-
-    async def _serve(self, handle: RunnerHandle, carry: list[Job]) -> str:
-        # Up to 10% jitter, so runners started together do not all recycle together.
-        jitter = min(self.settings.max_requests_jitter, self.settings.max_requests // 10)
-        quota = self.settings.max_requests + random.randint(0, jitter)
-        ceiling = self.settings.max_runner_rss_mb << 20
-        while True:
-            if carry:
-                job = carry.pop()
-            else:
-                try:
-                    job = await self._receive.receive()
-                except trio.EndOfChannel:
-                    return "closed"
-                if job.abandoned:
-                    continue
-                job.picked.set()
-            job.runner_pid = handle.pid
-            log.debug("request %d dispatched to runner %d", job.invoke.request_id, handle.pid)
-            started = time.monotonic()
-            try:
-                job.result = await handle.call(job.invoke, job.deadline_s)
-            except RunnerLost as exc:
-                if not exc.delivered and not job.retried:
-                    # The runner died while idle; the request never reached it.
-                    log.warning(
-                        "runner %d had died while idle; its replacement takes request %d",
-                        handle.pid,
-                        job.invoke.request_id,
-                    )
-                    job.retried = True
-                    carry.append(job)
-                    return "crashed"
-                await self._report_lost(handle, job, exc, time.monotonic() - started)
-                job.done.set()
-                # A runner we killed for a missed deadline did nothing wrong by
-                # itself; only unexplained deaths count towards the backoff.
-                return "recycled" if exc.kind is FailureKind.TIMEOUT else "crashed"
-            except BaseException:
-                # Cancelled (forced shutdown): the waiting request must not hang.
-                job.result = Failure(
-                    job.invoke.request_id, FailureKind.RUNNER_DIED, "shutting down", 0, 0, b""
-                )
-                job.done.set()
-                raise
-            job.done.set()
-            if handle.requests_served >= quota:
-                log.info("runner %d recycled after %d requests", handle.pid, handle.requests_served)
-                return "recycled"
-            # Reading RSS costs a /proc read; every few requests is often enough
-            # to catch a runner that keeps growing.
-            if handle.requests_served % _RSS_CHECK_EVERY != 1:
-                continue  # checked after the 1st, 17th, 33rd... request
-            rss = handle.rss_bytes()
-            if rss > ceiling:
-                log.warning(
-                    "runner %d recycled: RSS %d MiB over the %d MiB ceiling",
-                    handle.pid,
-                    rss >> 20,
-                    ceiling >> 20,
-                )
-                return "recycled"
-
-    async def _report_lost(self, handle: RunnerHandle, job: Job, exc: RunnerLost, elapsed: float) -> None:
-        with trio.move_on_after(2):
-            await handle.process.wait()
-        how = describe_exit(handle.process.returncode)
-        elapsed_us = int(elapsed * 1e6)
-        job.result = Failure(job.invoke.request_id, exc.kind, f"{exc.detail} ({how})", 0, elapsed_us, b"")
-        log.error(
-            "runner %d lost during request %d: %s (%s)", handle.pid, job.invoke.request_id, exc.detail, how
-        )

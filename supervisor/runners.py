@@ -85,6 +85,9 @@ class RunnerHandle:
         self._decoder = FrameDecoder()
         self._pending: list[Message] = []
         self.requests_served = 0
+        self.quota = 0  # requests before a planned recycle; set by the pool
+        self._retired = trio.Event()
+        self._retire_reason = ""
         self._ps = psutil.Process(process.pid)
         for stream in (self._stdin, self._stdout):
             # Bigger pipes roughly halve the round trip for large bodies.
@@ -139,6 +142,21 @@ class RunnerHandle:
             return reply
         self.kill()
         raise RunnerLost(FailureKind.TIMEOUT, f"no answer within {deadline_s:.3f} s; runner killed")
+
+    def retire(self, reason: str) -> None:
+        """Hand the runner back to its slot for good ("closed", "recycled" or "crashed")."""
+        if not self._retired.is_set():
+            self._retire_reason = reason
+            self._retired.set()
+
+    @property
+    def is_retired(self) -> bool:
+        return self._retired.is_set()
+
+    async def retired(self) -> str:
+        """Wait until the runner is retired; returns the reason."""
+        await self._retired.wait()
+        return self._retire_reason
 
     def rss_bytes(self) -> int:
         try:
