@@ -268,9 +268,16 @@ def _full_url(scope: Scope) -> str:
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    has_body = False
     for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise _BodyTooLarge
+        if name == b"content-length":
+            if value.isdigit() and int(value) > limit:
+                raise _BodyTooLarge
+            has_body = value != b"0"
+        elif name == b"transfer-encoding":
+            has_body = True
+    if not has_body:
+        return b""  # HTTP/1.1 without length or chunking: no body to wait for
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -151,6 +151,14 @@ class Pool:
             raise Overloaded("the server is shutting down")
         if self._waiting >= self.settings.queue_size:
             raise Overloaded("the request queue is full")
+        # Fast path: a runner is idle right now (no cancel scope, no wait).
+        while True:
+            try:
+                handle = self._idle.receive_nowait()
+            except trio.WouldBlock:
+                break
+            if not handle.is_retired:
+                return handle
         self._waiting += 1
         try:
             with trio.move_on_after(self.settings.queue_timeout_s):
