@@ -62,8 +62,15 @@ class Sandbox:
         os.makedirs(self._scratch, mode=0o700, exist_ok=True)
         self._stdout_path = os.path.join(self._scratch, "stdout")
         self._stderr_path = os.path.join(self._scratch, "stderr")
+        # wasmtime reopens (and truncates) these paths for every request; our
+        # descriptors stay open on the same files, so reading back the output
+        # is one pread instead of open/read/close.
+        self._stdout_fd = os.open(self._stdout_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._stderr_fd = os.open(self._stderr_path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def close(self) -> None:
+        os.close(self._stdout_fd)
+        os.close(self._stderr_fd)
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def run(self, invoke: Invoke) -> Reply | Failure:
@@ -175,21 +182,11 @@ class Sandbox:
         return instance
 
     def _read_outputs(self) -> tuple[bytes, bytes]:
-        fd = os.open(self._stdout_path, os.O_RDONLY)
-        try:
-            stdout = _read_all(fd)
-        finally:
-            os.close(fd)
-        # Most workers write nothing to stderr: skip the open when it is empty.
-        size = os.stat(self._stderr_path).st_size
-        if size == 0:
-            return stdout, b""
-        fd = os.open(self._stderr_path, os.O_RDONLY)
-        try:
-            os.lseek(fd, max(0, size - STDERR_TAIL), os.SEEK_SET)
-            stderr = _read_all(fd)
-        finally:
-            os.close(fd)
+        stdout = _pread_all(self._stdout_fd)
+        stderr = os.pread(self._stderr_fd, STDERR_TAIL, 0)
+        if len(stderr) == STDERR_TAIL:  # more than the tail: keep its end
+            size = os.fstat(self._stderr_fd).st_size
+            stderr = os.pread(self._stderr_fd, STDERR_TAIL, max(0, size - STDERR_TAIL))
         return stdout, stderr
 
 
@@ -197,9 +194,12 @@ class Sandbox:
 MAX_FETCHES_PER_REQUEST = 64
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
+def _pread_all(fd: int) -> bytes:
+    data = os.pread(fd, 1 << 20, 0)
+    if len(data) < 1 << 20:
+        return data  # the usual case: one call
+    chunks = [data]
+    while chunk := os.pread(fd, 1 << 20, sum(len(c) for c in chunks)):
         chunks.append(chunk)
     return b"".join(chunks)
 
