@@ -89,16 +89,26 @@ class RunnerHandle:
         self._retired = trio.Event()
         self._retire_reason = ""
         self._ps = psutil.Process(process.pid)
-        for stream in (self._stdin, self._stdout):
+        # The streams stay the owners of the pipes (they close them); the hot
+        # path uses the descriptors directly. Both are non-blocking.
+        self._in_fd = typing.cast(trio.lowlevel.FdStream, self._stdin).fileno()
+        self._out_fd = typing.cast(trio.lowlevel.FdStream, self._stdout).fileno()
+        for fd in (self._in_fd, self._out_fd):
             # Bigger pipes roughly halve the round trip for large bodies.
             with contextlib.suppress(OSError):
-                fcntl.fcntl(typing.cast(trio.lowlevel.FdStream, stream).fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
 
     async def _receive(self) -> Message:
+        # Straight on the descriptor, not through FdStream: the reply is never
+        # there yet when we start, so wait first and read once (FdStream reads,
+        # fails with EAGAIN, then waits); on this hot path every syscall counts.
         while not self._pending:
             try:
-                data = await self._stdout.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await trio.lowlevel.wait_readable(self._out_fd)
+                data = os.read(self._out_fd, _READ_SIZE)
+            except BlockingIOError:
+                continue
+            except (OSError, trio.ClosedResourceError):
                 data = b""
             if not data:
                 raise RunnerLost(FailureKind.RUNNER_DIED, "the runner closed its pipe")
@@ -110,9 +120,14 @@ class RunnerHandle:
         return self._pending.pop(0)
 
     async def _send(self, message: Message) -> None:
+        frame = memoryview(encode(message))
         try:
-            await self._stdin.send_all(encode(message))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            while frame:
+                try:
+                    frame = frame[os.write(self._in_fd, frame) :]
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(self._in_fd)
+        except (OSError, trio.ClosedResourceError):
             raise RunnerLost(FailureKind.RUNNER_DIED, "the runner closed its pipe") from None
 
     async def handshake(self, configure: Configure) -> Ready:
