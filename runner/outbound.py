@@ -154,6 +154,7 @@ def _exchange(
 ) -> OutboundResponse:
     connection_type = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
     connection = connection_type(host, port, timeout=timeout)
+    reply: http.client.HTTPResponse | None = None
     try:
         connection.putrequest(method, target, skip_accept_encoding=True)
         for name, value in headers:
@@ -184,4 +185,6 @@ def _exchange(
     except (OSError, http.client.HTTPException) as exc:
         raise OutboundError(HttpErrorKind.INVALID_REQUEST, f"error sending request: {exc}") from None
     finally:
+        if reply is not None:
+            reply.close()  # its socket file, which connection.close() leaves open
         connection.close()

@@ -8,13 +8,15 @@ import http.server as http_server
 import shutil
 import threading
 import time
+import time as clock
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from runner.outbound import host_allowed
+from ipc.messages import HttpPolicy
+from runner.outbound import MAX_RESPONSE_BYTES, HttpErrorKind, OutboundError, host_allowed, send
 from tests.helpers import EXAMPLES, ServerProcess, http
 
 PROXY_JS = """
@@ -53,6 +55,10 @@ class _Upstream(http_server.BaseHTTPRequestHandler):
             self._send(302, b"", [("location", "/hello")])
         elif self.path == "/loop":
             self._send(302, b"", [("location", "/loop")])
+        elif self.path == "/big":
+            self._send(200, b"x" * (MAX_RESPONSE_BYTES + 1), [])
+        elif self.path == "/offsite":
+            self._send(302, b"", [("location", "http://example.com/")])
         elif self.path == "/slow":
             time.sleep(5)  # the upstream being slow is the point of this route
             self._send(200, b"too late", [])
@@ -200,3 +206,28 @@ async def test_slow_upstream_is_cut_at_the_deadline(
 )
 def test_host_matching(host: str, patterns: list[str], allowed: bool) -> None:
     assert host_allowed(host, patterns) is allowed
+
+
+LOCAL_POLICY = HttpPolicy(["127.0.0.1"], ["GET", "POST"], True)
+
+
+def test_response_size_is_capped(upstream: str) -> None:
+    with pytest.raises(OutboundError) as caught:
+        send(LOCAL_POLICY, "GET", f"{upstream}/big", [], None, clock.monotonic() + 10)
+    assert caught.value.kind is HttpErrorKind.INVALID_RESPONSE_BODY
+    assert str(MAX_RESPONSE_BYTES) in caught.value.message
+
+
+def test_every_redirect_hop_is_checked_against_the_policy(upstream: str) -> None:
+    with pytest.raises(OutboundError) as caught:
+        send(LOCAL_POLICY, "GET", f"{upstream}/offsite", [], None, clock.monotonic() + 10)
+    assert caught.value.kind is HttpErrorKind.NOT_ALLOWED
+    assert "'example.com' is not allowed" in caught.value.message
+
+
+def test_response_headers_and_body_come_back(upstream: str) -> None:
+    response = send(
+        LOCAL_POLICY, "GET", f"{upstream}/hello", [("x-client", "1")], None, clock.monotonic() + 10
+    )
+    assert (response.status, response.body) == (200, b"hi from upstream")
+    assert ("x-up", "1") in response.headers
