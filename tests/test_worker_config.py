@@ -162,6 +162,14 @@ def mount_project(tmp_path: Path) -> Path:
         'version = "1"\n[[folders]]\nfrom = "_data"\nto = "/data"\nwritable = true\n'
     )
     (project / "rw.wasm").write_bytes((EXAMPLES / "c" / "files.wasm").read_bytes())
+    # Two mounts: the first must be WASI fd 3 whatever the guest paths.
+    other = project / "_other"
+    other.mkdir()
+    (other / "message.txt").write_text("from the second mount\n")
+    (project / "order.toml").write_text(
+        'version = "1"\n[[folders]]\nfrom = "_data"\nto = "/z"\n[[folders]]\nfrom = "_other"\nto = "/a"\n'
+    )
+    (project / "order.wasm").write_bytes((EXAMPLES / "c" / "files.wasm").read_bytes())
     return project
 
 
@@ -175,6 +183,8 @@ async def test_mounted_folder_readable_not_writable_by_default(mount_project: Pa
         escape = await http(server.port, "GET", "/files?op=escape")
         assert escape.status == 404
         assert "Operation not permitted" in escape.text
+        first = await http(server.port, "GET", "/order?op=fd3")
+        assert (first.status, first.text) == (200, "mounted content\n")  # the first [[folders]] entry
         writable = await http(server.port, "GET", "/rw?op=write")
         assert (writable.status, writable.text) == (200, "write ok")
         assert (mount_project / "_data" / "written.txt").read_text() == "written by the worker\n"

@@ -1,8 +1,11 @@
 /* c/files.wasm: reads a file from a mounted folder ([[folders]] in files.toml
  * maps ./_data to /data). With ?op=write it tries to write there (refused
  * unless the folder is mounted writable); with ?op=escape it tries to leave the
- * mount with "..". */
+ * mount with ".."; with ?op=fd3 it reads message.txt relative to WASI fd 3,
+ * the first mount (what Zig workers use as their working directory). */
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include "kit.h"
 
 static void read_file(const char *path) {
@@ -34,6 +37,20 @@ int main(void) {
         fputs("written by the worker\n", file);
         fclose(file);
         kit_respond(200, "text/plain; charset=utf-8", "write ok");
+        return 0;
+    }
+    if (strstr(url, "op=fd3")) {
+        char content[4096];
+        int fd = openat(3, "message.txt", O_RDONLY);
+        if (fd < 0) {
+            snprintf(page, sizeof page, "cannot open message.txt under fd 3: %s", strerror(errno));
+            kit_respond(404, "text/plain; charset=utf-8", page);
+            return 0;
+        }
+        ssize_t n = read(fd, content, sizeof content - 1);
+        close(fd);
+        content[n < 0 ? 0 : n] = '\0';
+        kit_respond(200, "text/plain; charset=utf-8", content);
         return 0;
     }
     if (strstr(url, "op=escape")) {
