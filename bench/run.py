@@ -90,6 +90,35 @@ class _NoisyClient:
         self._stop.set()
 
 
+def _peer_rows(loop_wasm: Path, seconds: int) -> list[dict[str, Any]]:
+    """The Node.js peer, unloaded and with the noisy neighbour. A machine
+    without a usable Node (or node:wasi) gets a note instead of numbers."""
+    if not have("node"):
+        return [_row("peer: Node.js node:wasi", Load(note="node not installed"))]
+    command = [
+        "node",
+        str(BENCH / "peers" / "node-wasi-server.js"),
+        "0",
+        f"/hello={WORKERS / 'hello.wasm'}",
+        f"/loop={loop_wasm}",
+    ]
+    rows = []
+    try:
+        with server(command, "peer listening", timeout=30) as peer:
+            url = f"http://127.0.0.1:{peer.port}/hello"
+            wrk(url, 1)
+            rows.append(_row("peer: Node.js node:wasi, same kit worker", wrk(url, seconds)))
+        with (
+            server(command, "peer listening", timeout=30) as peer,
+            _NoisyClient(f"http://127.0.0.1:{peer.port}/loop"),
+        ):
+            load = wrk(f"http://127.0.0.1:{peer.port}/hello", seconds)
+            rows.append(_row("noisy neighbour, peer: /hello while /loop runs", load))
+    except RuntimeError as exc:
+        rows.append(_row("peer: Node.js node:wasi", Load(note=f"peer did not start: {exc}")))
+    return rows
+
+
 def _first_200(url: str, started: float) -> float:
     with urllib.request.urlopen(url, timeout=60) as response:
         assert response.status == 200
@@ -143,31 +172,7 @@ def run(quick: bool) -> dict[str, Any]:
             rows.append(_row("noisy neighbour, ours: /hello while /loop burns a runner", noisy))
             extra["memory_mb"] = {"idle": idle, "after load": loaded}
 
-        if have("node"):
-            loop_wasm = root / "project" / "loop.wasm"
-            peer_cmd = [
-                "node",
-                str(BENCH / "peers" / "node-wasi-server.js"),
-                "0",
-                f"/hello={WORKERS / 'hello.wasm'}",
-                f"/loop={loop_wasm}",
-            ]
-            with server(peer_cmd, "peer listening") as peer:
-                url = f"http://127.0.0.1:{peer.port}/hello"
-                wrk(url, 1)
-                rows.append(_row("peer: Node.js node:wasi, same kit worker", wrk(url, seconds)))
-            with (
-                server(peer_cmd, "peer listening") as peer,
-                _NoisyClient(f"http://127.0.0.1:{peer.port}/loop"),
-            ):
-                rows.append(
-                    _row(
-                        "noisy neighbour, peer: /hello while /loop runs",
-                        wrk(f"http://127.0.0.1:{peer.port}/hello", seconds),
-                    )
-                )
-        else:
-            rows.append(_row("peer: Node.js node:wasi", Load(note="node not installed")))
+        rows += _peer_rows(root / "project" / "loop.wasm", seconds)
 
         examples_cache = root / "examples-cache"
         for label in ("empty", "warm"):
