@@ -111,12 +111,9 @@ class WorkerApp:
         await self._not_found(scope, send)
 
     @contextlib.asynccontextmanager
-    async def _concurrency_slot(self, worker_id: str, limit: int | None) -> AsyncIterator[None]:
+    async def _concurrency_slot(self, worker_id: str, limit: int) -> AsyncIterator[None]:
         """Holds one of the worker's ``max_concurrency`` slots; waits up to
         the queue timeout for one, then gives up with :class:`Overloaded`."""
-        if limit is None:
-            yield
-            return
         semaphore = self._semaphores.setdefault(worker_id, trio.Semaphore(limit))
         acquired = False
         # Only the wait is bounded; the request itself runs under its own deadline.
@@ -191,8 +188,11 @@ class WorkerApp:
         )
         deadline_s = (limits.timeout_ms + self._config.pool.kill_grace_ms) / 1000
         try:
-            async with self._concurrency_slot(worker_id, settings.max_concurrency):
+            if settings.max_concurrency is None:
                 result = await self._pool.submit(invoke, deadline_s)
+            else:
+                async with self._concurrency_slot(worker_id, settings.max_concurrency):
+                    result = await self._pool.submit(invoke, deadline_s)
         except Overloaded as exc:
             log.warning("%s %s: 503, %s", scope["method"], path, exc)
             await _send_failure(send, FailureKind.OVERLOADED)

@@ -127,20 +127,18 @@ class Pool:
             handle = await self._lease()
             log.debug("request %d dispatched to runner %d", invoke.request_id, handle.pid)
             started = time.monotonic()
-            # Shielded: a client that goes away mid-call must not leave the
-            # runner with a reply nobody reads. The deadline still applies.
-            with trio.CancelScope(shield=True):
-                try:
-                    result = await handle.call(invoke, deadline_s)
-                except RunnerLost as exc:
-                    if not exc.delivered and attempt == 0:
-                        log.warning(
-                            "runner %d had died while idle; request %d goes to another runner",
-                            handle.pid,
-                            invoke.request_id,
-                        )
-                        handle.retire("crashed")
-                        continue
+            try:
+                result = await handle.call(invoke, deadline_s)  # shielded inside
+            except RunnerLost as exc:
+                if not exc.delivered and attempt == 0:
+                    log.warning(
+                        "runner %d had died while idle; request %d goes to another runner",
+                        handle.pid,
+                        invoke.request_id,
+                    )
+                    handle.retire("crashed")
+                    continue
+                with trio.CancelScope(shield=True):
                     return await self._lost(handle, invoke, exc, time.monotonic() - started)
             self._give_back(handle)
             return result

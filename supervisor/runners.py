@@ -139,12 +139,15 @@ class RunnerHandle:
         return reply
 
     async def call(self, invoke: Invoke, deadline_s: float) -> Reply | Failure:
-        """Run one request; the runner is killed if it has not answered by ``deadline_s``.
+        """Run one request; the runner is killed if it has not answered by
+        ``deadline_s``. Cancellation from outside does not interrupt it (a
+        half-finished exchange would leave a reply nobody reads).
 
         Raises:
             RunnerLost: the runner died, broke the protocol or missed the deadline.
         """
-        with trio.move_on_after(deadline_s):
+        # One scope does both jobs: shielded from the caller, bounded by the deadline.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + deadline_s):
             try:
                 await self._send(invoke)
             except RunnerLost as exc:
