@@ -35,9 +35,6 @@ class EpochTicker:
         if not self._awake.is_set():
             self._awake.set()
 
-    def request_finished(self) -> None:
-        pass  # the thread parks by itself once requests stop coming
-
     def _run(self) -> None:
         sleeper = threading.Event()  # never set: a sleep that releases the GIL
         while True:

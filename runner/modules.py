@@ -93,11 +93,11 @@ def read_wasm(spec: WorkerSpec) -> bytes:
         try:
             return bytes(wasmtime.wat2wasm(source.decode("utf-8", errors="replace")))
         except wasmtime.WasmtimeError as exc:
-            raise LoadError(f"invalid WebAssembly text: {_first_line(str(exc))}") from None
+            raise LoadError(f"invalid WebAssembly text: {first_line(str(exc))}") from None
     return source
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else "unknown error"
 
 
@@ -129,7 +129,7 @@ class ModuleCache:
         try:
             module = wasmtime.Module(self._engine, produce())
         except wasmtime.WasmtimeError as exc:
-            raise LoadError(f"invalid WebAssembly module: {_first_line(str(exc))}") from None
+            raise LoadError(f"invalid WebAssembly module: {first_line(str(exc))}") from None
         if write:
             self.store(self.path_for(key), bytes(module.serialize()))
         return module
@@ -184,7 +184,7 @@ def load_worker(
     try:
         instance_pre = linker.instantiate_pre(module)
     except wasmtime.WasmtimeError as exc:
-        raise LoadError(f"cannot link the module: {_first_line(str(exc))}") from None
+        raise LoadError(f"cannot link the module: {first_line(str(exc))}") from None
     return LoadedWorker(spec, instance_pre, entry)
 
 

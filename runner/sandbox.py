@@ -18,7 +18,7 @@ from ipc.messages import Failure, FailureKind, HttpPolicy, Invoke, Reply
 from runner.epoch import EpochTicker
 from runner.http_import import RequestContext
 from runner.kit import BadOutput, KitResponse, parse_response, request_json
-from runner.modules import LoadedWorker
+from runner.modules import LoadedWorker, first_line
 from runner.outbound import HttpErrorKind, OutboundError, send
 from runner.quickjs import JsProgram, ScriptLoadError, ScriptTimeout
 from runner.wasmffi import RawFunc, export_get, raw_export, set_stdin_bytes
@@ -99,19 +99,16 @@ class Sandbox:
         deadline = time.monotonic() + invoke.timeout_ms / 1000
         self._http_context.start(worker.spec.http, deadline)
         self._ticker.request_started()
-        try:
-            if worker.js is not None:
-                store.set_wasi(wasi)
-                request = request_json(invoke, seed=os.urandom(16).hex())
-                fetch = functools.partial(_script_fetch, worker.spec.http, deadline)
-                output, instance = self._execute_js(store, worker.js, request, deadline, fetch, outcome), None
-            else:
-                set_stdin_bytes(wasi, request_json(invoke))
-                store.set_wasi(wasi)
-                instance = self._execute(store, worker, outcome)
-                output = None
-        finally:
-            self._ticker.request_finished()
+        if worker.js is not None:
+            store.set_wasi(wasi)
+            request = request_json(invoke, seed=os.urandom(16).hex())
+            fetch = functools.partial(_script_fetch, worker.spec.http, deadline)
+            output, instance = self._execute_js(store, worker.js, request, deadline, fetch, outcome), None
+        else:
+            set_stdin_bytes(wasi, request_json(invoke))
+            store.set_wasi(wasi)
+            instance = self._execute(store, worker, outcome)
+            output = None
         fuel_used = invoke.fuel - store.get_fuel()
         stdout, stderr = self._read_outputs() if worker.js is None else (b"", b"")
         elapsed_us = int((time.perf_counter() - started) * 1e6)
@@ -248,9 +245,9 @@ def _classify(exc: wasmtime.WasmtimeError | wasmtime.Trap, outcome: _Outcome) ->
     elif isinstance(exc, wasmtime.Trap):
         code = exc.trap_code
         outcome.kind = _TRAP_KINDS.get(code, FailureKind.TRAP) if code is not None else FailureKind.TRAP
-        outcome.detail = f"wasm trap: {code.name.lower() if code is not None else _first_line(str(exc))}"
+        outcome.detail = f"wasm trap: {code.name.lower() if code is not None else first_line(str(exc))}"
     else:
-        message = _first_line(str(exc))
+        message = first_line(str(exc))
         memory = "memory" in message and "limit" in message
         outcome.kind = FailureKind.MEMORY_LIMIT if memory else FailureKind.TRAP
         outcome.detail = message
@@ -287,8 +284,3 @@ def _at_memory_limit(store: wasmtime.Store, instance: wasmtime.Instance | None, 
     if not isinstance(memory, wasmtime.Memory):
         return False
     return memory.data_len(store) + _WASM_PAGE > limit
-
-
-def _first_line(text: str) -> str:
-    stripped = text.strip()
-    return stripped.splitlines()[0] if stripped else "unknown error"

@@ -174,12 +174,12 @@ class Pool:
         elif handle.requests_served >= handle.quota:
             log.info("runner %d recycled after %d requests", handle.pid, handle.requests_served)
             handle.retire("recycled")
-        elif handle.requests_served % _RSS_CHECK_EVERY == 1 and handle.rss_bytes() > self._ceiling:
+        elif handle.requests_served % _RSS_CHECK_EVERY == 1 and (rss := handle.rss_bytes()) > self._ceiling:
             # Reading RSS costs a /proc read, so it is sampled (1st, 17th, ... request).
             log.warning(
                 "runner %d recycled: RSS %d MiB over the %d MiB ceiling",
                 handle.pid,
-                handle.rss_bytes() >> 20,
+                rss >> 20,
                 self._ceiling >> 20,
             )
             handle.retire("recycled")

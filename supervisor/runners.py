@@ -67,14 +67,6 @@ def runner_command() -> list[str]:
     return [sys.executable, "-I", "-m", "runner"]
 
 
-def _runner_env() -> dict[str, str]:
-    # The runner process sees the host environment minus anything that would
-    # change how Python starts; workers never see it (WASI env is explicit).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHONINSPECT")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 class RunnerHandle:
     def __init__(self, process: trio.Process) -> None:
         assert process.stdin is not None and process.stdout is not None
@@ -205,7 +197,6 @@ async def start_runner(nursery: trio.Nursery) -> RunnerHandle:
             # supervisor only, which then stops the runners in order.
             start_new_session=True,
             deliver_cancel=_close_then_kill,
-            env=_runner_env(),
         )
     )
     return RunnerHandle(process)
