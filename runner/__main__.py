@@ -26,6 +26,7 @@ _READ_SIZE = 1 << 20
 # Bigger pipes halve the round trip for large bodies (the default is 64 KiB).
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
+_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("runner")
 
@@ -73,7 +74,27 @@ def _isolate_stdio() -> tuple[int, int]:
     return proto_in, proto_out
 
 
+def _die_with_parent(argv: list[str]) -> bool:
+    """Ask the kernel to SIGKILL us when the supervisor dies (stopped or stuck
+    in a host call included), then check it has not died already. Returns
+    False when the supervisor is gone."""
+    if len(argv) != 2 or argv[0] != "--parent" or not argv[1].isdigit():
+        return True  # started by hand: nobody to follow
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: EOF on stdin still ends an idle runner
+    # The supervisor may have died between fork and prctl: we would have been
+    # re-parented already, and no signal would ever come.
+    return os.getppid() == int(argv[1])
+
+
 def main() -> int:
+    if not _die_with_parent(sys.argv[1:]):
+        return EXIT_OK
     logging.basicConfig(
         level=os.environ.get("WWS_RUNNER_LOG_LEVEL", "WARNING"),
         format=f"runner[{os.getpid()}] %(levelname)s %(message)s",
@@ -112,8 +133,13 @@ def _serve(channel: _Channel, config: Configure) -> int:
         linker.define_wasi()
         http_import.define(linker, http_context)
         cache = ModuleCache(engine, config.cache_dir)
-    except Exception:
-        log.exception("engine setup failed")
+    except Exception as exc:
+        # One line: the supervisor relays it and quotes it if no runner can boot.
+        log.debug("engine setup failed", exc_info=True)
+        log.error(
+            "boot failed: cannot set up the wasm engine: %s",
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+        )
         return EXIT_BOOT_FAILED
     workers = {}
     load_errors: dict[str, str] = {}

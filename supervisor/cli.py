@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from supervisor import __version__
-from supervisor.config import Limits, PoolSettings, ServerConfig, default_cache_dir
+from supervisor.config import Limits, PoolSettings, ServerConfig, default_cache_dir, default_max_connections
 
 _DESCRIPTION = """\
 Serve a folder of WebAssembly workers over HTTP, like Wasm Workers Server (wws),
@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="largest request body accepted, larger gets 413 (default: 256)",
     )
+    limits.add_argument(
+        "--body-timeout-ms",
+        type=_positive,
+        default=30_000,
+        help="time a client has to send its whole request body, else 408 (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=None,
+        help="open client connections; beyond it new clients get 503 at once "
+        "(default: what the descriptor limit leaves room for, at most 4096)",
+    )
     pool = parser.add_argument_group("runner pool")
     pool.add_argument(
         "-w",
@@ -139,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="on SIGTERM/SIGINT, time allowed for in-flight requests (default: 10)",
+        help="on SIGTERM/SIGINT, time allowed for in-flight requests; a second signal cuts it short"
+        " (default: 10)",
     )
     ops.add_argument(
         "--cache-dir", type=Path, default=None, help=f"compiled-module cache (default: {default_cache_dir()})"
@@ -178,6 +192,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             max_runner_rss_mb=args.max_runner_rss_mb,
         ),
         max_body_bytes=args.max_body_kb << 10,
+        body_timeout_s=args.body_timeout_ms / 1000,
+        max_connections=args.max_connections or default_max_connections(args.workers),
         graceful_timeout_s=args.graceful_timeout,
         cache_dir=args.cache_dir or default_cache_dir(),
         log_level=args.log_level,

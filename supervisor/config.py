@@ -48,6 +48,10 @@ class ServerConfig:
     limits: Limits = dataclasses.field(default_factory=Limits)
     pool: PoolSettings = dataclasses.field(default_factory=PoolSettings)
     max_body_bytes: int = 256 << 10
+    # A client must finish sending its body within this, or get 408.
+    body_timeout_s: float = 30.0
+    # Open client connections; beyond it new clients get a short 503.
+    max_connections: int = dataclasses.field(default_factory=lambda: default_max_connections())
     graceful_timeout_s: float = 10.0
     cache_dir: Path = dataclasses.field(default_factory=lambda: default_cache_dir())
     log_level: str = "info"
@@ -58,3 +62,20 @@ class ServerConfig:
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "wws-supervisor"
+
+
+# Descriptors kept back from connections: runner pipes (three per runner, plus
+# a pidfd), the KV store, the module cache, log files.
+_RESERVED_FDS = 64
+_FDS_PER_RUNNER = 4
+_MAX_DEFAULT_CONNECTIONS = 4096
+
+
+def default_max_connections(workers: int | None = None) -> int:
+    """As many connections as the descriptor limit leaves room for."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    runners = workers if workers is not None else (os.cpu_count() or 1)
+    room = soft - _RESERVED_FDS - _FDS_PER_RUNNER * (runners + 1)
+    return max(8, min(_MAX_DEFAULT_CONNECTIONS, room))

@@ -1,67 +1,157 @@
 """The runner pool: N slots, each keeping one runner process alive.
 
-* A slot spawns its runner, handshakes, and puts it in the idle queue. The
+* A slot starts its runner (through the factory it was given, so the pool can
+  be tested with fake runners), handshakes, and puts it in the idle queue. The
   process belongs to the slot's nursery, so it is always reaped.
 * A request leases an idle runner (waiting in FIFO order, bounded in number
   and in time: 503 beyond either), talks to it directly, and hands it back, or
   retires it. No extra task sits between a request and its runner.
-* A runner that dies, breaks the protocol or misses its deadline is retired:
-  its slot kills and reaps it and starts a replacement. The request gets a
-  typed failure; a runner found dead before it received anything is retried
-  once on another runner.
-* Repeated crashes back off exponentially (per slot), so a broken setup does
-  not turn into a fork storm.
+* Who pays for a lost runner decides what happens next. A runner killed at a
+  request's deadline, or dying during a request, is that request's fault: the
+  request gets a typed failure and the slot starts a replacement at once. A
+  runner that fails to boot, or dies on its own while idle, counts towards
+  an exponential backoff, so a broken setup does not become a fork storm; the
+  backoff stays short while no other runner is alive, so the server is never
+  left without runners for long.
+* If no runner has ever booted and every slot has failed to boot several times
+  in a row, the pool halts with the runner's own error (:class:`RunnerBootError`).
 * A runner is recycled between requests once it has served its request quota
   (with jitter, so runners do not all restart at once) or its RSS passes the
   ceiling.
+* :meth:`close` stops leasing; :meth:`hurry` cuts every in-flight request short
+  (their runners are killed and the requests answered), so shutdown is bounded.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import itertools
 import logging
 import math
 import random
 import shutil
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
-from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Reply, WorkerSpec
+from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Ready, Reply, WorkerSpec
 from supervisor.config import PoolSettings
-from supervisor.runners import RunnerHandle, RunnerLost, describe_exit, start_runner
+from supervisor.runners import RunnerLost, describe_exit, start_runner
 
 log = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 10.0
+# While no other runner is alive, a slot never waits longer than this.
+_MAX_BACKOFF_ALONE_S = 0.5
 _FIRST_BACKOFF_S = 0.05
 _RSS_CHECK_EVERY = 16
-# A runner that crashes sooner than this after its start counts towards the backoff.
+# A runner that dies on its own sooner than this after its boot counts as
+# another failure in a row; later, the count starts again.
 _STABLE_AFTER_S = 10.0
+# Boot failures in a row, in every slot, before a pool that never had a
+# runner gives up.
+HALT_AFTER_BOOT_FAILURES = 3
+# How long a request-killed runner gets to be reaped before we log its exit.
+_REAP_WAIT_S = 2.0
 
 
 class Overloaded(Exception):
     """No runner could take the request in time (or too many are waiting)."""
 
 
+class RunnerBootError(Exception):
+    """No runner could ever boot; the message is the runner's own error."""
+
+
+class Runner(Protocol):
+    """What the pool needs from a runner (``supervisor.runners.RunnerHandle``)."""
+
+    pid: int
+    requests_served: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def handshake(self, configure: Configure) -> Ready: ...
+
+    async def call(self, invoke: Invoke, scope: trio.CancelScope) -> Reply | Failure: ...
+
+    async def wait_exit(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+    def close_stdin(self) -> None: ...
+
+    def rss_bytes(self) -> int: ...
+
+    def boot_error(self) -> str: ...
+
+
+RunnerFactory = Callable[[trio.Nursery], Awaitable[Runner]]
+
+
+class Retired(enum.Enum):
+    CLOSED = "closed"  # the pool is shutting down
+    RECYCLED = "recycled"  # quota or RSS ceiling: planned
+    REQUEST_FAULT = "request-fault"  # killed at a deadline, or died during a request
+    CRASHED = "crashed"  # died on its own while idle
+    BOOT_FAILED = "boot-failed"
+
+
+def backoff_delay(failures: int, others_alive: bool) -> float:
+    """Seconds a slot waits before its next start after ``failures`` in a row."""
+    if failures <= 0:
+        return 0.0
+    ceiling = _MAX_BACKOFF_S if others_alive else _MAX_BACKOFF_ALONE_S
+    return min(ceiling, _FIRST_BACKOFF_S * 2.0 ** (failures - 1))
+
+
+@dataclasses.dataclass(eq=False)
+class _Member:
+    """A booted runner and the pool's bookkeeping about it."""
+
+    runner: Runner
+    quota: int
+    busy: bool = False
+    reason: Retired | None = None
+    retired: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+    def retire(self, reason: Retired) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.retired.set()
+
+
 class Pool:
     def __init__(
-        self, settings: PoolSettings, workers: list[WorkerSpec], cache_dir: Path, scratch_dir: Path
+        self,
+        settings: PoolSettings,
+        workers: list[WorkerSpec],
+        cache_dir: Path,
+        scratch_dir: Path,
+        runner_factory: RunnerFactory = start_runner,
     ) -> None:
         self.settings = settings
         self._workers = workers
         self._cache_dir = cache_dir
         self._scratch_dir = scratch_dir
+        self._start_runner = runner_factory
         # Unbounded: a runner that died while queued stays in the buffer until a
-        # lease skips it, so the buffer can briefly hold more than N handles.
-        self._idle_send, self._idle = trio.open_memory_channel[RunnerHandle](math.inf)
+        # lease skips it, so the buffer can briefly hold more than N members.
+        self._idle_send, self._idle = trio.open_memory_channel[_Member](math.inf)
         self._waiting = 0
-        self._closing = False
+        self._closing = trio.Event()
+        self._hurry_at: float | None = None
+        self._in_flight: set[trio.CancelScope] = set()
         self._ids = itertools.count(1)
         self._ready_count = 0
         self._all_ready = trio.Event()
+        self._ever_ready = False
+        self._boot_failures = [0] * settings.workers
+        self._alive = 0
         self.restarts = 0
 
     def drop_workers(self, worker_ids: set[str]) -> None:
@@ -85,21 +175,34 @@ class Pool:
 
     async def prepare(self) -> dict[str, str]:
         """Compile every worker into the cache in a throwaway runner, so the
-        pool's runners only deserialize. Returns worker_id -> load error."""
+        pool's runners only deserialize. Returns worker_id -> load error.
+
+        Raises:
+            RunnerBootError: the runner could not be started or did not answer.
+        """
         async with trio.open_nursery() as nursery:
-            handle = await start_runner(nursery)
+            try:
+                runner = await self._start_runner(nursery)
+            except OSError as exc:
+                raise RunnerBootError(f"cannot start a runner process: {exc}") from None
             try:
                 with trio.fail_after(max(self.settings.boot_timeout_s, 300)):
-                    ready = await handle.handshake(self._configure(prepare=True))
-            except (RunnerLost, trio.TooSlowError) as exc:
-                handle.kill()
-                raise RuntimeError(f"the compile step failed: {exc}") from None
-            await handle.close()
-        shutil.rmtree(self._scratch_dir / str(handle.pid), ignore_errors=True)
+                    ready = await runner.handshake(self._configure(prepare=True))
+            except (RunnerLost, trio.TooSlowError):
+                runner.kill()
+                await runner.wait_exit()
+                raise RunnerBootError(f"the compile step failed: {runner.boot_error()}") from None
+            runner.close_stdin()
+        shutil.rmtree(self._scratch_dir / str(runner.pid), ignore_errors=True)
         return ready.load_errors
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the slots until :meth:`close`; reports started once every runner is ready."""
+        """Run the slots until :meth:`close`; reports started once every slot
+        has booted a runner or failed to.
+
+        Raises:
+            RunnerBootError: no runner ever booted (see the module docstring).
+        """
         async with trio.open_nursery() as nursery:
             for index in range(self.settings.workers):
                 nursery.start_soon(self._slot, index)
@@ -108,12 +211,23 @@ class Pool:
 
     def close(self) -> None:
         """Stop leasing runners; idle ones are retired now, busy ones when their request ends."""
-        self._closing = True
+        self._closing.set()
         while True:
             try:
-                self._idle.receive_nowait().retire("closed")
+                self._idle.receive_nowait().retire(Retired.CLOSED)
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
+
+    def hurry(self, deadline: float) -> None:
+        """Every request still running at ``deadline`` (trio time) is cut
+        short: its runner is killed and it is answered 503."""
+        self._hurry_at = deadline if self._hurry_at is None else min(self._hurry_at, deadline)
+        for scope in self._in_flight:
+            scope.deadline = min(scope.deadline, deadline)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
 
     async def submit(self, invoke: Invoke, deadline_s: float) -> Reply | Failure:
         """Run ``invoke`` on a leased runner; it is killed if it has not
@@ -121,94 +235,111 @@ class Pool:
 
         Raises:
             Overloaded: too many requests are already waiting for a runner, or
-                none became free within the queue timeout.
+                none became free within the queue timeout, or the pool is closing.
         """
         for attempt in range(2):
-            handle = await self._lease()
-            log.debug("request %d dispatched to runner %d", invoke.request_id, handle.pid)
-            started = time.monotonic()
+            member = await self._lease()
+            runner = member.runner
+            log.debug("request %d dispatched to runner %d", invoke.request_id, runner.pid)
+            started = trio.current_time()
+            deadline = started + deadline_s
+            if self._hurry_at is not None:
+                deadline = min(deadline, self._hurry_at)
+            scope = trio.CancelScope(shield=True, deadline=deadline)
+            member.busy = True
+            self._in_flight.add(scope)
             try:
-                result = await handle.call(invoke, deadline_s)  # shielded inside
+                result = await runner.call(invoke, scope)
             except RunnerLost as exc:
                 if not exc.delivered and attempt == 0:
                     log.warning(
                         "runner %d had died while idle; request %d goes to another runner",
-                        handle.pid,
+                        runner.pid,
                         invoke.request_id,
                     )
-                    handle.retire("crashed")
+                    member.retire(Retired.CRASHED)
                     continue
+                # The request provoked this (or was cut short): never a crash.
+                member.retire(Retired.REQUEST_FAULT)
                 with trio.CancelScope(shield=True):
-                    return await self._lost(handle, invoke, exc, time.monotonic() - started)
-            self._give_back(handle)
+                    return await self._lost(member, invoke, exc, trio.current_time() - started)
+            finally:
+                self._in_flight.discard(scope)
+                member.busy = False
+            self._give_back(member)
             return result
         raise AssertionError("unreachable")
 
-    async def _lease(self) -> RunnerHandle:
-        if self._closing:
+    async def _lease(self) -> _Member:
+        if self._closing.is_set():
             raise Overloaded("the server is shutting down")
         if self._waiting >= self.settings.queue_size:
             raise Overloaded("the request queue is full")
         # Fast path: a runner is idle right now (no cancel scope, no wait).
         while True:
             try:
-                handle = self._idle.receive_nowait()
+                member = self._idle.receive_nowait()
             except trio.WouldBlock:
                 break
-            if not handle.is_retired:
-                return handle
+            if member.reason is None:
+                return member
         self._waiting += 1
         try:
             with trio.move_on_after(self.settings.queue_timeout_s):
                 while True:
-                    handle = await self._idle.receive()
-                    if not handle.is_retired:  # skip runners that died while queued
-                        return handle
+                    member = await self._idle.receive()
+                    if member.reason is None:  # skip runners that died while queued
+                        return member
         finally:
             self._waiting -= 1
         raise Overloaded("no runner became free in time")
 
-    def _give_back(self, handle: RunnerHandle) -> None:
-        if self._closing:
-            handle.retire("closed")
-        elif handle.requests_served >= handle.quota:
-            log.info("runner %d recycled after %d requests", handle.pid, handle.requests_served)
-            handle.retire("recycled")
-        elif handle.requests_served % _RSS_CHECK_EVERY == 1 and (rss := handle.rss_bytes()) > self._ceiling:
+    def _give_back(self, member: _Member) -> None:
+        runner = member.runner
+        if self._closing.is_set():
+            member.retire(Retired.CLOSED)
+        elif runner.requests_served >= member.quota:
+            log.info("runner %d recycled after %d requests", runner.pid, runner.requests_served)
+            member.retire(Retired.RECYCLED)
+        elif runner.requests_served % _RSS_CHECK_EVERY == 1 and (rss := runner.rss_bytes()) > self._ceiling:
             # Reading RSS costs a /proc read, so it is sampled (1st, 17th, ... request).
             log.warning(
                 "runner %d recycled: RSS %d MiB over the %d MiB ceiling",
-                handle.pid,
+                runner.pid,
                 rss >> 20,
                 self._ceiling >> 20,
             )
-            handle.retire("recycled")
-        else:
-            self._idle_send.send_nowait(handle)
+            member.retire(Retired.RECYCLED)
+        elif member.reason is None:
+            self._idle_send.send_nowait(member)
 
     @property
     def _ceiling(self) -> int:
         return self.settings.max_runner_rss_mb << 20
 
-    async def _lost(self, handle: RunnerHandle, invoke: Invoke, exc: RunnerLost, elapsed: float) -> Failure:
-        with trio.move_on_after(2):
-            await handle.process.wait()
-        how = describe_exit(handle.process.returncode)
-        log.error("runner %d lost during request %d: %s (%s)", handle.pid, invoke.request_id, exc.detail, how)
-        # A runner we killed for a missed deadline did nothing wrong by itself;
-        # only unexplained deaths count towards the backoff.
-        handle.retire("recycled" if exc.kind is FailureKind.TIMEOUT else "crashed")
-        return Failure(invoke.request_id, exc.kind, f"{exc.detail} ({how})", 0, int(elapsed * 1e6), b"")
+    async def _lost(self, member: _Member, invoke: Invoke, exc: RunnerLost, elapsed: float) -> Failure:
+        runner = member.runner
+        with trio.move_on_after(_REAP_WAIT_S):
+            await runner.wait_exit()
+        how = describe_exit(runner.returncode)
+        kind, detail = exc.kind, exc.detail
+        if self._hurry_at is not None and trio.current_time() >= self._hurry_at:
+            kind, detail = FailureKind.OVERLOADED, "the server is shutting down"
+        log.error("runner %d lost during request %d: %s (%s)", runner.pid, invoke.request_id, detail, how)
+        return Failure(invoke.request_id, kind, f"{detail} ({how})", 0, int(elapsed * 1e6), b"")
 
-    async def _watch_exit(self, handle: RunnerHandle) -> None:
+    async def _watch_exit(self, member: _Member) -> None:
         # A runner that dies while idle (OOM killer, a stray signal) is noticed
-        # and replaced at once, not when the next request trips over it.
-        await handle.process.wait()
-        if not handle.is_retired:
+        # and replaced at once. One that dies while busy is the request's to
+        # report: its exit is not a crash of its own.
+        await member.runner.wait_exit()
+        if member.reason is None and not member.busy:
             log.warning(
-                "runner %d exited while idle (%s)", handle.pid, describe_exit(handle.process.returncode)
+                "runner %d exited while idle (%s)",
+                member.runner.pid,
+                describe_exit(member.runner.returncode),
             )
-            handle.retire("crashed")
+            member.retire(Retired.CRASHED)
 
     def _mark_ready(self) -> None:
         self._ready_count += 1
@@ -227,55 +358,97 @@ class Pool:
                 announced = True
                 self._mark_ready()
 
-        while not self._closing:
+        while not self._closing.is_set():
             if failures:
-                delay = min(_MAX_BACKOFF_S, _FIRST_BACKOFF_S * 2 ** (failures - 1))
+                delay = backoff_delay(failures, others_alive=self._alive > 0)
                 log.warning(
-                    "runner slot %d: restarting in %.2f s after %d crash(es) in a row", index, delay, failures
+                    "runner slot %d: restarting in %.2f s after %d failure(s) in a row",
+                    index,
+                    delay,
+                    failures,
                 )
-                await trio.sleep(delay)
-            born = time.monotonic()
-            outcome = await self._run_one_runner(index, announce_ready)
-            announce_ready()
-            if outcome == "closed":
-                return
-            self.restarts += 1
-            if outcome != "crashed":
-                failures = 0
-            elif time.monotonic() - born < _STABLE_AFTER_S:
-                failures += 1
+                with trio.move_on_after(delay):
+                    await self._closing.wait()  # shutdown never waits for a backoff
+                if self._closing.is_set():
+                    break
+            born = trio.current_time()
+            reason = await self._run_one_runner(index, announce_ready)
+            if reason is Retired.BOOT_FAILED and not self._ever_ready:
+                # Startup waits while no runner has ever booted: either one
+                # does, or the pool halts with the runner's own words.
+                if min(self._boot_failures) >= HALT_AFTER_BOOT_FAILURES:
+                    raise RunnerBootError(self._last_boot_error)
             else:
-                failures = 1  # it ran fine for a while before dying: a fresh count
+                announce_ready()
+            if reason is Retired.CLOSED:
+                break
+            self.restarts += 1
+            if reason is Retired.BOOT_FAILED:
+                failures += 1
+            elif reason is Retired.CRASHED:
+                failures = failures + 1 if trio.current_time() - born < _STABLE_AFTER_S else 1
+            else:
+                failures = 0  # planned, or the request's fault: start again at once
 
-    async def _run_one_runner(self, index: int, announce_ready: Callable[[], None]) -> str:
-        """Boot one runner, lend it out until it is retired, and dispose of
-        it. Returns why it ended: "closed", "recycled" or "crashed"."""
-        handle: RunnerHandle | None = None
+    _last_boot_error = "no runner could start"
+
+    async def _boot(self, index: int, nursery: trio.Nursery) -> Runner | None:
+        try:
+            runner = await self._start_runner(nursery)
+        except OSError as exc:  # out of descriptors or processes: keep serving, retry later
+            self._boot_failed(index, f"cannot start a runner process: {exc}")
+            return None
+        try:
+            with trio.fail_after(self.settings.boot_timeout_s):
+                await runner.handshake(self._configure(prepare=False))
+        except (RunnerLost, trio.TooSlowError) as exc:
+            runner.kill()
+            with trio.move_on_after(_REAP_WAIT_S):
+                await runner.wait_exit()
+            why = runner.boot_error() if isinstance(exc, RunnerLost) else "no answer in time"
+            self._boot_failed(index, f"runner {runner.pid} failed to boot: {why}")
+            return None
+        self._boot_failures[index] = 0
+        self._ever_ready = True
+        return runner
+
+    def _boot_failed(self, index: int, message: str) -> None:
+        log.error("%s", message)
+        self._boot_failures[index] += 1
+        self._last_boot_error = message
+
+    async def _run_one_runner(self, index: int, announce_ready: Callable[[], None]) -> Retired:
+        """Boot one runner, lend it out until it is retired, and dispose of it."""
+        pid: int | None = None
         try:
             async with trio.open_nursery() as nursery:
-                handle = await start_runner(nursery)
-                try:
-                    with trio.fail_after(self.settings.boot_timeout_s):
-                        await handle.handshake(self._configure(prepare=False))
-                except (RunnerLost, trio.TooSlowError) as exc:
-                    handle.kill()
-                    log.error("runner %d failed to boot: %s", handle.pid, exc or "timed out")
-                    return "crashed"
+                runner = await self._boot(index, nursery)
+                if runner is None:
+                    return Retired.BOOT_FAILED
+                pid = runner.pid
                 jitter = min(self.settings.max_requests_jitter, self.settings.max_requests // 10)
-                handle.quota = self.settings.max_requests + random.randint(0, jitter)
-                log.debug("runner %d ready in slot %d", handle.pid, index)
+                member = _Member(runner, self.settings.max_requests + random.randint(0, jitter))
+                log.debug("runner %d ready in slot %d", runner.pid, index)
                 announce_ready()
-                if self._closing:
-                    handle.retire("closed")
+                self._alive += 1
+                try:
+                    if self._closing.is_set():
+                        member.retire(Retired.CLOSED)
+                    else:
+                        self._idle_send.send_nowait(member)
+                    nursery.start_soon(self._watch_exit, member)
+                    await member.retired.wait()
+                finally:
+                    self._alive -= 1
+                assert member.reason is not None
+                if member.reason in (Retired.CRASHED, Retired.REQUEST_FAULT):
+                    runner.kill()
                 else:
-                    self._idle_send.send_nowait(handle)
-                nursery.start_soon(self._watch_exit, handle)
-                reason = await handle.retired()
-                if reason == "crashed":
-                    handle.kill()
-                else:
-                    await handle.close()
-                return reason
+                    runner.close_stdin()
+                    with trio.move_on_after(_REAP_WAIT_S):
+                        await runner.wait_exit()
+                    runner.kill()  # an idle runner that ignores EOF is not waited for
+                return member.reason
         finally:
-            if handle is not None:
-                shutil.rmtree(self._scratch_dir / str(handle.pid), ignore_errors=True)
+            if pid is not None:
+                shutil.rmtree(self._scratch_dir / str(pid), ignore_errors=True)

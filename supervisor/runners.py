@@ -1,18 +1,25 @@
 """One runner process as the supervisor sees it: spawn, handshake, one call at
-a time, kill. The process itself is owned by a ``trio.run_process`` task in the
-caller's nursery, so it is always reaped, whatever happens here."""
+a time, kill, reap.
+
+Runners are spawned from the event loop's own thread, never from a worker
+thread: the runner asks the kernel to SIGKILL it when the thread that forked it
+exits (``PR_SET_PDEATHSIG``), and trio's worker threads come and go. Spawned
+from the main thread, a runner dies exactly when its supervisor does, even if it
+is stuck in a host call or stopped. The process is owned by a task in the
+caller's nursery (:func:`start_runner`), which kills and reaps it however that
+task ends.
+"""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
-import functools
 import logging
 import os
 import signal
 import subprocess
 import sys
-import typing
 
 import psutil
 import trio
@@ -21,9 +28,15 @@ from ipc.codec import FrameDecoder, ProtocolError, encode
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Message, Ready, Reply
 
 log = logging.getLogger(__name__)
+runner_log = logging.getLogger("runner")
 _READ_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
+# How long a runner asked to exit (EOF on its stdin) gets before SIGKILL.
+_EXIT_GRACE_S = 2.0
+# Lines of a runner's own stderr kept to explain a boot failure.
+_STDERR_TAIL_LINES = 5
+_MAX_STDERR_LINE = 2000
 
 
 class RunnerLost(Exception):
@@ -49,52 +62,53 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with code {returncode}"
 
 
-async def _close_then_kill(process: trio.Process) -> None:
-    # Closing stdin asks the runner to finish; a runner stuck in wasm or in a
-    # host call never reads it, so it gets SIGKILL after a short grace.
-    if process.stdin is not None:
-        with trio.move_on_after(0.1):
-            await process.stdin.aclose()
-    with trio.move_on_after(2):
-        await process.wait()
-        return
-    process.kill()
-
-
 def runner_command() -> list[str]:
     # -I: the current folder and PYTHON* variables must not decide which
     # "runner" module starts (a project folder may well have its own).
-    return [sys.executable, "-I", "-m", "runner"]
+    # --parent: the runner checks it is still ours once its death signal is set.
+    return [sys.executable, "-I", "-m", "runner", "--parent", str(os.getpid())]
 
 
 class RunnerHandle:
-    def __init__(self, process: trio.Process) -> None:
-        assert process.stdin is not None and process.stdout is not None
-        self.process = process
-        self.pid = process.pid
-        self._stdin = process.stdin
-        self._stdout = process.stdout
-        self._decoder = FrameDecoder()
-        self._pending: list[Message] = []
-        self.requests_served = 0
-        self.quota = 0  # requests before a planned recycle; set by the pool
-        self._retired = trio.Event()
-        self._retire_reason = ""
-        self._ps = psutil.Process(process.pid)
-        # The streams stay the owners of the pipes (they close them); the hot
-        # path uses the descriptors directly. Both are non-blocking.
-        self._in_fd = typing.cast(trio.lowlevel.FdStream, self._stdin).fileno()
-        self._out_fd = typing.cast(trio.lowlevel.FdStream, self._stdout).fileno()
+    """The supervisor's end of one runner: its pipes, its exit, its stderr."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
+        self._popen = popen
+        self.pid = popen.pid
+        # The supervisor talks to the runner on raw non-blocking descriptors;
+        # the file objects only own them (and close them in _release).
+        self._in_fd = popen.stdin.fileno()
+        self._out_fd = popen.stdout.fileno()
+        self._err_fd = popen.stderr.fileno()
+        for fd in (self._in_fd, self._out_fd, self._err_fd):
+            os.set_blocking(fd, False)
         for fd in (self._in_fd, self._out_fd):
             # Bigger pipes roughly halve the round trip for large bodies.
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
+        self._pidfd: int | None = None
+        with contextlib.suppress(OSError):  # a kernel without pidfds: poll instead
+            self._pidfd = os.pidfd_open(self.pid)
+        self._decoder = FrameDecoder()
+        self._pending: list[Message] = []
+        self._stdin_open = True
+        self._released = False
+        self._exited = trio.Event()
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        self.requests_served = 0
+        self._ps: psutil.Process | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
 
     async def _receive(self) -> Message:
-        # Straight on the descriptor, not through FdStream: the reply is never
-        # there yet when we start, so wait first and read once (FdStream reads,
-        # fails with EAGAIN, then waits); on this hot path every syscall counts.
+        # Straight on the descriptor: the reply is never there yet when we
+        # start, so wait first and read once; on this hot path every syscall counts.
         while not self._pending:
+            if self._released:
+                raise RunnerLost(FailureKind.RUNNER_DIED, "the runner has exited")
             try:
                 await trio.lowlevel.wait_readable(self._out_fd)
                 data = os.read(self._out_fd, _READ_SIZE)
@@ -115,6 +129,8 @@ class RunnerHandle:
         frame = memoryview(encode(message))
         try:
             while frame:
+                if self._released or not self._stdin_open:
+                    raise OSError("the runner has exited")
                 try:
                     frame = frame[os.write(self._in_fd, frame) :]
                 except BlockingIOError:
@@ -123,6 +139,11 @@ class RunnerHandle:
             raise RunnerLost(FailureKind.RUNNER_DIED, "the runner closed its pipe") from None
 
     async def handshake(self, configure: Configure) -> Ready:
+        """Send the configuration; the runner answers Ready once it has loaded.
+
+        Raises:
+            RunnerLost: the runner died or answered something else.
+        """
         await self._send(configure)
         reply = await self._receive()
         if not isinstance(reply, Ready) or reply.protocol_version != PROTOCOL_VERSION:
@@ -130,16 +151,16 @@ class RunnerHandle:
             raise RunnerLost(FailureKind.INTERNAL, f"unexpected handshake reply {type(reply).__name__}")
         return reply
 
-    async def call(self, invoke: Invoke, deadline_s: float) -> Reply | Failure:
-        """Run one request; the runner is killed if it has not answered by
-        ``deadline_s``. Cancellation from outside does not interrupt it (a
-        half-finished exchange would leave a reply nobody reads).
+    async def call(self, invoke: Invoke, scope: trio.CancelScope) -> Reply | Failure:
+        """Run one request inside ``scope``, a shielded scope whose deadline
+        the caller owns (and may move, to hurry a shutdown). Cancellation from
+        outside does not interrupt the exchange: a half-finished one would
+        leave a reply nobody reads. If the deadline passes, the runner is killed.
 
         Raises:
             RunnerLost: the runner died, broke the protocol or missed the deadline.
         """
-        # One scope does both jobs: shielded from the caller, bounded by the deadline.
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + deadline_s):
+        with scope:
             try:
                 await self._send(invoke)
             except RunnerLost as exc:
@@ -151,52 +172,148 @@ class RunnerHandle:
             self.requests_served += 1
             return reply
         self.kill()
-        raise RunnerLost(FailureKind.TIMEOUT, f"no answer within {deadline_s:.3f} s; runner killed")
-
-    def retire(self, reason: str) -> None:
-        """Hand the runner back to its slot for good ("closed", "recycled" or "crashed")."""
-        if not self._retired.is_set():
-            self._retire_reason = reason
-            self._retired.set()
-
-    @property
-    def is_retired(self) -> bool:
-        return self._retired.is_set()
-
-    async def retired(self) -> str:
-        """Wait until the runner is retired; returns the reason."""
-        await self._retired.wait()
-        return self._retire_reason
+        raise RunnerLost(FailureKind.TIMEOUT, "no answer before the deadline; runner killed")
 
     def rss_bytes(self) -> int:
+        # The runner may be gone at any moment: every look at it expects that.
         try:
+            if self._ps is None:
+                self._ps = psutil.Process(self.pid)
             return int(self._ps.memory_info().rss)
         except psutil.Error:
             return 0
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
+        if self._popen.returncode is None:
+            with contextlib.suppress(OSError):
+                self._popen.kill()
 
-    async def close(self) -> None:
-        """Ask the runner to exit (EOF on its stdin)."""
-        with trio.move_on_after(0.1):
-            await self._stdin.aclose()
+    def close_stdin(self) -> None:
+        """Ask the runner to exit: it sees EOF on its stdin."""
+        if self._stdin_open:
+            self._stdin_open = False
+            trio.lowlevel.notify_closing(self._in_fd)
+            with contextlib.suppress(OSError):
+                assert self._popen.stdin is not None
+                self._popen.stdin.close()
+
+    async def wait_exit(self) -> int:
+        """Wait until the runner has exited, been reaped and its last stderr
+        lines relayed; returns its exit status."""
+        await self._exited.wait()
+        assert self._popen.returncode is not None
+        return self._popen.returncode
+
+    async def _reap(self) -> None:
+        # Only the owner task reaps (one waiter per pidfd); others use wait_exit.
+        while self._popen.poll() is None:
+            if self._pidfd is not None:
+                await trio.lowlevel.wait_readable(self._pidfd)
+            else:
+                await trio.sleep(0.05)  # no pidfd on this kernel: poll
+
+    async def relay_stderr(self) -> None:
+        """Copy the runner's own stderr (its log lines) into our log, keeping
+        the last lines to explain a boot failure. Ends at EOF."""
+        buffer = b""
+        while True:
+            if self._released:
+                break
+            try:
+                await trio.lowlevel.wait_readable(self._err_fd)
+                chunk = os.read(self._err_fd, 65536)
+            except BlockingIOError:
+                continue
+            except (OSError, trio.ClosedResourceError):
+                chunk = b""
+            if not chunk:
+                break
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                self._log_line(line)
+            if len(buffer) > _MAX_STDERR_LINE:
+                self._log_line(buffer)
+                buffer = b""
+        if buffer:
+            self._log_line(buffer)
+
+    def _log_line(self, raw: bytes) -> None:
+        text = raw[:_MAX_STDERR_LINE].decode("utf-8", "replace").rstrip()
+        if text:
+            self.stderr_tail.append(text)
+            runner_log.warning("%s", text)
+
+    def boot_error(self) -> str:
+        """The runner's own last words, for a one-line boot failure message."""
+        for line in reversed(self.stderr_tail):
+            if line.strip() and not line.startswith(("Traceback", "  ")):
+                return line.strip()
+        return describe_exit(self.returncode)
+
+    def release(self) -> None:
+        """Close our ends of the pipes (the runner has been reaped). A task
+        still waiting on one gets ClosedResourceError, and nothing uses the
+        descriptor numbers afterwards, since the kernel may reuse them."""
+        self._released = True
+        for fd in (self._in_fd, self._out_fd, self._err_fd):
+            trio.lowlevel.notify_closing(fd)
+        for stream in (self._popen.stdin, self._popen.stdout, self._popen.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+
+
+def _spawn() -> RunnerHandle:
+    popen = subprocess.Popen(
+        runner_command(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # Out of the terminal's process group: Ctrl-C goes to the supervisor
+        # only, which then stops the runners in order.
+        start_new_session=True,
+    )
+    return RunnerHandle(popen)
+
+
+async def _own_runner(task_status: trio.TaskStatus[RunnerHandle]) -> None:
+    # Blocking, but short (vfork + exec): spawning from this thread is what
+    # ties the runner's life to ours (see the module docstring).
+    handle = _spawn()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handle.relay_stderr)
+            task_status.started(handle)
+            await handle._reap()
+    finally:
+        with trio.CancelScope(shield=True):
+            await _stop(handle)
+            handle.release()
+            handle._exited.set()
+
+
+async def _stop(handle: RunnerHandle) -> None:
+    # Closing stdin asks an idle runner to finish; one stuck in wasm or in a
+    # host call never reads it, so it gets SIGKILL after a short grace.
+    if handle.returncode is None:
+        handle.close_stdin()
+        with trio.move_on_after(_EXIT_GRACE_S):
+            await handle._reap()
+        handle.kill()
+    await handle._reap()
 
 
 async def start_runner(nursery: trio.Nursery) -> RunnerHandle:
-    """Spawn ``python -m runner`` owned by a task in ``nursery``."""
-    process: trio.Process = await nursery.start(
-        functools.partial(
-            trio.run_process,
-            runner_command(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            check=False,
-            # Out of the terminal's process group: Ctrl-C goes to the
-            # supervisor only, which then stops the runners in order.
-            start_new_session=True,
-            deliver_cancel=_close_then_kill,
-        )
-    )
-    return RunnerHandle(process)
+    """Spawn ``python -m runner``, owned by a task in ``nursery``: when that
+    task is cancelled (or the runner exits), the runner is stopped and reaped.
+
+    Raises:
+        OSError: the process or its pipes could not be created (for example,
+            out of file descriptors).
+    """
+    handle: RunnerHandle = await nursery.start(_own_runner)
+    return handle

@@ -1,9 +1,11 @@
 """The supervisor's trio program: bind, compile, start the pool, serve HTTP
-through embedded hypercorn, and shut down in order on SIGTERM/SIGINT.
+through hypercorn's connection handling, and shut down in order on SIGTERM/SIGINT.
 
 Everything lives in one nursery tree: the signal watcher, the pool (which owns
-every runner process) and hypercorn. Shutdown: stop accepting, let in-flight
-requests finish within the grace period, then stop the runners.
+every runner process) and the HTTP front. Shutdown: stop accepting, let
+in-flight requests finish within the grace period (requests still running
+just before it ends are answered 503 and their runners killed), then stop the
+runners. A second signal cuts the grace short; the clean-up still runs.
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ from pathlib import Path
 from typing import TextIO
 
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from ipc.messages import HttpPolicy, Mount, WorkerSpec
 from supervisor.asgi import WorkerApp
 from supervisor.config import ServerConfig
 from supervisor.discovery import WorkerFile, discover
+from supervisor.http_front import HttpFront, Shutdown
 from supervisor.kv import KvUnavailable, open_kv
-from supervisor.pool import Pool
+from supervisor.pool import Pool, RunnerBootError
 from supervisor.routes import RouteTable
+from supervisor.scratch import make_scratch, remove_stale_scratch
 from supervisor.static import PublicFolder
 from supervisor.worker_config import WorkerConfig, WorkerConfigError, load_worker_config
 
@@ -58,16 +61,20 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _scratch_root() -> str:
-    # Guest stdout/stderr files live here; tmpfs keeps them off the disk.
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-    return tempfile.mkdtemp(prefix="wws-supervisor-", dir=base)
+def _check_cache_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise StartupError(
+            f"cannot use the module cache folder {path}: {exc.strerror or exc}; "
+            "pass --cache-dir with a folder this user can write"
+        ) from None
 
 
-def _hypercorn_config(config: ServerConfig, fd: int) -> hypercorn.config.Config:
+def _hypercorn_config(config: ServerConfig) -> hypercorn.config.Config:
     hc = hypercorn.config.Config()
-    hc.bind = [f"fd://{fd}"]
-    hc.graceful_timeout = config.graceful_timeout_s
     hc.include_server_header = False
     # One line per request, like wws's actix logger, when asked for.
     hc.accesslog = logging.getLogger("wws.access") if config.access_log else None
@@ -96,10 +103,12 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
         raise StartupError(f"cannot read the project folder: {exc}") from None
     routes = RouteTable(workers, config.prefix)
     settings = _worker_settings(workers, project, config)
+    _check_cache_dir(config.cache_dir)
     with contextlib.ExitStack() as stack:
         sock = stack.enter_context(bind_socket(config.host, config.port))
         port = sock.getsockname()[1]
-        scratch = Path(_scratch_root())
+        remove_stale_scratch()
+        scratch = make_scratch()
         stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         try:
             kv = open_kv(config.kv_url)
@@ -113,31 +122,34 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
         public_dir = project / "public"
         public = PublicFolder(public_dir) if public_dir.is_dir() else None
         app = WorkerApp(config, routes, public, pool, settings, broken, kv)
+        front = HttpFront(app, _hypercorn_config(config), sock, config.max_connections)
+        shutdown = Shutdown()
+        # Requests still running this long before the grace ends are cut
+        # short, so they can still be answered before connections close.
+        margin = min(0.5, config.graceful_timeout_s / 4)
+        shutdown.on_deadline(lambda deadline: pool.hurry(deadline - margin))
         base_url = f"http://{_url_host(config.host)}:{port}"
-        async with trio.open_nursery() as nursery:
-            await nursery.start(pool.run)
-            print(f"✅ Workers loaded in {time.perf_counter() - started:.3f}s.", file=out)
-            for route in routes.routes:
-                print(f"    - {base_url}{route.path}", file=out)
-                print(f"      => {os.path.join(project_arg, route.worker.relative)}", file=out)
-            stop = trio.Event()
-            signals_scope = trio.CancelScope()
-            nursery.start_soon(_watch_signals, stop, signals_scope, nursery.cancel_scope)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(pool.run)
+                print(f"✅ Workers loaded in {time.perf_counter() - started:.3f}s.", file=out)
+                for route in routes.routes:
+                    print(f"    - {base_url}{route.path}", file=out)
+                    print(f"      => {os.path.join(project_arg, route.worker.relative)}", file=out)
+                signals_scope = trio.CancelScope()
+                nursery.start_soon(_watch_signals, shutdown, signals_scope, config.graceful_timeout_s, margin)
 
-            async def run_http(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-                try:
-                    await hypercorn.trio.serve(
-                        app,  # type: ignore[arg-type]
-                        _hypercorn_config(config, sock.detach()),
-                        shutdown_trigger=stop.wait,
-                        task_status=task_status,
-                    )
-                finally:
-                    pool.close()
-                    signals_scope.cancel()
+                async def run_http(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                    try:
+                        await front.serve(shutdown, task_status=task_status)
+                    finally:
+                        pool.close()
+                        signals_scope.cancel()
 
-            await nursery.start(run_http)
-            print(f"🚀 Start serving requests at {base_url}\n", file=out, flush=True)
+                await nursery.start(run_http)
+                print(f"🚀 Start serving requests at {base_url}\n", file=out, flush=True)
+        except* RunnerBootError as group:
+            raise StartupError(f"no runner can start: {group.exceptions[0]}") from None
 
 
 async def _compile(pool: Pool, workers: list[WorkerFile], project_arg: str, out: TextIO) -> set[str]:
@@ -148,7 +160,7 @@ async def _compile(pool: Pool, workers: list[WorkerFile], project_arg: str, out:
     """
     try:
         errors = await pool.prepare()
-    except RuntimeError as exc:
+    except RunnerBootError as exc:
         raise StartupError(str(exc)) from None
     kinds = {w.relative: w.kind for w in workers}
     fatal = {worker_id: reason for worker_id, reason in errors.items() if kinds[worker_id] != "js"}
@@ -187,17 +199,19 @@ def _worker_settings(
     return settings
 
 
-async def _watch_signals(stop: trio.Event, scope: trio.CancelScope, everything: trio.CancelScope) -> None:
+async def _watch_signals(shutdown: Shutdown, scope: trio.CancelScope, grace_s: float, hurry_s: float) -> None:
     with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            if not stop.is_set():
+            name = signal.Signals(signum).name
+            if not shutdown.requested.is_set():
                 log.info(
-                    "%s received: finishing in-flight requests, then stopping", signal.Signals(signum).name
+                    "%s received: finishing in-flight requests (up to %.1f s), then stopping", name, grace_s
                 )
-                stop.set()
+                shutdown.begin(grace_s)
             else:
-                log.warning("second %s: stopping now", signal.Signals(signum).name)
-                everything.cancel()
+                # Cut the grace short, but still answer, stop the runners and clean up.
+                log.warning("second %s: answering in-flight requests 503 and stopping now", name)
+                shutdown.begin(hurry_s)
 
 
 def run(config: ServerConfig, project_arg: str, out: TextIO) -> None:
