@@ -22,7 +22,7 @@ from pathlib import Path
 import wasmtime
 
 from ipc.messages import WorkerSpec
-from runner import quickjs
+from runner import cache_hygiene, jsengine, quickjs
 from runner.quickjs import JsProgram
 from runner.wasmffi import export_names
 
@@ -168,7 +168,11 @@ def load_worker(
     """
     if spec.kind == "js":
         return _load_script(spec, cache, linker, write=write)
-    module = cache.load(read_wasm(spec), write=write)
+    wasm = read_wasm(spec)
+    module = cache.load(wasm, write=write)
+    if write:  # the compile step records what each worker uses (cache hygiene)
+        record = cache.path_for(cache_hygiene.record_key(spec.path), ".json")
+        cache_hygiene.record_use(record, spec.path, [cache.path_for(hashlib.sha256(wasm).hexdigest())])
     exports = export_names(module)
     if "_start" in exports and "_initialize" in exports:
         raise LoadError("the module exports both _start and _initialize; it must be a command or a reactor")
@@ -196,26 +200,12 @@ def _load_script(
     except OSError as exc:
         raise LoadError(f"cannot read the file: {exc.strerror}") from None
     try:
-        text = source.decode("utf-8")
+        source.decode("utf-8")
     except UnicodeDecodeError:
         raise LoadError("the script is not UTF-8 text") from None
     try:
-        key = "js-" + quickjs.recipe_key(source, spec.worker_id, spec.variables)
-        meta_path = cache.path_for(key, ".json")
-        module = cache.cached(key)
-        snapshot = (
-            quickjs.Snapshot.from_json(meta_path.read_text()) if module and meta_path.exists() else None
-        )
-        if module is None or snapshot is None:
-            engine_module = cache.load(quickjs.engine_path().read_bytes(), write=write)
-            baked, snapshot = quickjs.build_snapshot(
-                engine_module, linker, cache.engine, text, spec.worker_id, spec.variables
-            )
-            module = cache.load_keyed(key, lambda: baked, write=write)
-            if write:
-                cache.store(meta_path, snapshot.to_json().encode())
-        instance_pre = linker.instantiate_pre(module)
-        return LoadedWorker(spec, instance_pre, None, quickjs.JsProgram(instance_pre, module, snapshot))
+        instance_pre, program = jsengine.load_script(spec, source, cache, write=write)
+        return LoadedWorker(spec, instance_pre, None, program)
     except quickjs.ScriptLoadError as exc:
         raise LoadError(str(exc)) from None
     except wasmtime.Trap as exc:

@@ -1,15 +1,20 @@
 """JavaScript workers: QuickJS-NG (the WASI reactor build) inside the sandbox.
 
+The engine is compiled once per QuickJS version and shared by every worker
+(:mod:`runner.jsengine`); it imports its linear memory.
+
 Load time, once per worker (in the compile step, cached on disk):
-  instantiate the engine, initialise QuickJS, evaluate our JS API (``shim.js``)
-  and the worker's script, then bake the resulting linear memory into a new
-  module (:mod:`runner.wasmbake`). The pointers the runner needs later (the
-  context, the runtime, two driver functions, a scratch buffer) are saved
-  beside the compiled module.
+  instantiate the engine against a blank heap, initialise QuickJS, evaluate our
+  JS API (``shim.js``) and the worker's script, then turn the resulting linear
+  memory into a heap module of its own, data and no code
+  (:func:`runner.wasmbake.heap_module`). The pointers the runner needs later
+  (the context, the runtime, the driver functions, a scratch buffer) are saved
+  beside it.
 
 Per request:
-  a fresh instance of the baked module (its memory is the snapshot, copy on
-  write), then ``__wws_start(requestJson)``, the promise jobs, and
+  a fresh instance of the worker's heap module (copy on write), the shared
+  engine instantiated against that memory, then ``__wws_start(requestJson)``,
+  the promise jobs, and
   ``__wws_poll()`` until it hands back the response JSON. Timers are driven
   from here: ``__wws_poll`` returns the milliseconds to the next timer and the
   runner sleeps that long, within the request's deadline.
@@ -30,16 +35,17 @@ import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Protocol
 
 import wasmtime
 
-from runner.wasmbake import bake
-from runner.wasmffi import RawFunc, export_get, memory_base, raw_export, signature
+from runner.wasmbake import MutableGlobal, heap_module
+from runner.wasmffi import RawFunc, export_get, memory_base, raw_export
 
 ENGINE_DISTRIBUTION = "qjs-wasi-reactor.wasm"
 ENGINE_VERSION = "0.15.1.1"
 # Bump when the bake recipe changes: it is part of every snapshot's cache key.
-BAKE_VERSION = "js-snapshot/v4"
+BAKE_VERSION = "js-heap/v5"
 # The engine's shadow stack is about 68 KiB; QuickJS must throw RangeError
 # before running off it (which would trap with an out-of-bounds access).
 MAX_JS_STACK = 48 << 10
@@ -87,6 +93,11 @@ def engine_path() -> Path:
 
 
 @cache
+def engine_digest() -> bytes:
+    return hashlib.sha256(engine_path().read_bytes()).digest()
+
+
+@cache
 def shim_source() -> str:
     return (Path(__file__).parent / "shim.js").read_text()
 
@@ -100,7 +111,7 @@ def recipe_key(source: bytes, filename: str, variables: dict[str, str]) -> str:
     digest = hashlib.sha256()
     for part in (
         BAKE_VERSION.encode(),
-        hashlib.sha256(engine_path().read_bytes()).digest(),
+        engine_digest(),
         shim_source().encode(),
         filename.encode(),
         json.dumps(variables, sort_keys=True).encode(),
@@ -113,7 +124,7 @@ def recipe_key(source: bytes, filename: str, variables: dict[str, str]) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Addresses inside the baked memory; valid in every instance of it."""
+    """Addresses inside a worker's heap; valid in every instance of it."""
 
     ctx: int
     runtime: int
@@ -124,22 +135,57 @@ class Snapshot:
     # Preallocated for the request JSON, so most requests need no malloc call.
     request_buffer: int
     request_capacity: int
+    # Engine globals that were not back at their initial values when the
+    # snapshot was taken: (export name, "i32"/"i64", value), set per request.
+    # Empty for QuickJS (its only mutable global is the stack pointer).
+    globals: tuple[tuple[str, str, int], ...] = ()
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+    def to_json(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, text: str) -> Snapshot:
-        return cls(**{k: int(v) for k, v in json.loads(text).items()})
+    def from_json(cls, document: dict[str, object]) -> Snapshot:
+        """Raises ValueError (or KeyError/TypeError) on a malformed document."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"globals"}
+        raw_globals = document.get("globals", [])
+        if not isinstance(raw_globals, list):
+            raise ValueError("globals must be a list")
+        carried = tuple((str(n), str(k), int(v)) for n, k, v in raw_globals)
+        values = {name: _integer(document[name]) for name in fields}
+        return cls(**values, globals=carried)
+
+
+def _integer(value: object) -> int:
+    if not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+class Interpreter(Protocol):
+    """The shared, compiled engine (:class:`runner.jsengine.SharedEngine`)."""
+
+    @property
+    def mutable_globals(self) -> tuple[MutableGlobal, ...]: ...
+
+    @property
+    def max_pages(self) -> int | None: ...
+
+    def signature(self, name: str) -> tuple[tuple[str, ...], str | None]: ...
+
+    def blank_heap(self) -> wasmtime.InstancePre: ...
+
+    def instantiate(
+        self, store: wasmtime.Store, heap: wasmtime.InstancePre
+    ) -> tuple[wasmtime.Instance, wasmtime.Instance]: ...
 
 
 class _Session:
     """Calls into one live QuickJS instance (used while baking)."""
 
-    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance) -> None:
+    def __init__(self, store: wasmtime.Store, instance: wasmtime.Instance, heap: wasmtime.Instance) -> None:
         self.store = store
         self.instance = instance
-        memory = export_get(store, instance, "memory")
+        memory = export_get(store, heap, "memory")
         assert isinstance(memory, wasmtime.Memory)
         self.memory = memory
         self.ctx = 0
@@ -202,15 +248,10 @@ class _Session:
 
 
 def build_snapshot(
-    engine_module: wasmtime.Module,
-    linker: wasmtime.Linker,
-    engine: wasmtime.Engine,
-    source: str,
-    filename: str,
-    variables: dict[str, str],
+    interpreter: Interpreter, source: str, filename: str, variables: dict[str, str], engine: wasmtime.Engine
 ) -> tuple[bytes, Snapshot]:
-    """Initialise QuickJS, evaluate the API and the worker, return the baked
-    module bytes and the addresses to call into.
+    """Initialise QuickJS on a blank heap, evaluate the API and the worker;
+    return the worker's heap module and the addresses to call into.
 
     Raises:
         ScriptLoadError: syntax errors and top-level exceptions (with file and
@@ -221,8 +262,8 @@ def build_snapshot(
     store.set_epoch_deadline(1 << 40)
     store.set_limits(memory_size=256 << 20)
     store.set_wasi(wasmtime.WasiConfig())
-    instance = linker.instantiate(store, engine_module)
-    js = _Session(store, instance)
+    heap, instance = interpreter.instantiate(store, interpreter.blank_heap())
+    js = _Session(store, instance, heap)
     js.call("_initialize")
     argv = js.call("malloc", 8)
     js.memory.write(store, js.cstring("qjs").to_bytes(4, "little") + b"\0\0\0\0", argv)
@@ -251,27 +292,36 @@ def build_snapshot(
         scratch=js.call("malloc", 64),
         request_buffer=js.call("malloc", _REQUEST_BUFFER),
         request_capacity=_REQUEST_BUFFER,
+        globals=_moved_globals(store, instance, interpreter.mutable_globals),
     )
     memory = bytes(js.memory.read(store, 0, js.memory.data_len(store)))
-    return bake(engine_path().read_bytes(), memory), snapshot
+    return heap_module(memory, interpreter.max_pages), snapshot
+
+
+def _moved_globals(
+    store: wasmtime.Store, instance: wasmtime.Instance, mutable: tuple[MutableGlobal, ...]
+) -> tuple[tuple[str, str, int], ...]:
+    # The heap module carries memory only; a global left away from its
+    # initial value (none in QuickJS today) must be set on every instance.
+    moved = []
+    for spec in mutable:
+        item = export_get(store, instance, spec.export_name)
+        if not isinstance(item, wasmtime.Global):
+            raise ScriptLoadError(f"the JavaScript engine does not export {spec.export_name}")
+        value = int(item.value(store))
+        if value != spec.initial:
+            moved.append((spec.export_name, spec.value_type, value))
+    return tuple(moved)
 
 
 class JsProgram:
-    """A baked worker, ready to run requests."""
+    """A worker's heap snapshot plus the shared engine, ready to run requests."""
 
-    def __init__(
-        self, instance_pre: wasmtime.InstancePre, module: wasmtime.Module, snapshot: Snapshot
-    ) -> None:
-        self._pre = instance_pre
+    def __init__(self, interpreter: Interpreter, heap: wasmtime.InstancePre, snapshot: Snapshot) -> None:
+        self._interpreter = interpreter
+        self._heap = heap
         self._snapshot = snapshot
-        signatures: dict[str, tuple[tuple[str, ...], str | None]] = {}
-        for export in module.exports:
-            if export.name in _REQUEST_CALLS and isinstance(export.type, wasmtime.FuncType):
-                signatures[export.name] = signature(export.type)
-        missing = set(_REQUEST_CALLS) - set(signatures)
-        if missing:
-            raise ScriptLoadError(f"the JavaScript engine lacks {sorted(missing)}")
-        self._signatures = signatures
+        self._signatures = {name: interpreter.signature(name) for name in _REQUEST_CALLS}
 
     def run(
         self, store: wasmtime.Store, request: bytes, deadline: float, fetch: Callable[[bytes], bytes]
@@ -284,7 +334,11 @@ class JsProgram:
             ScriptTimeout: still waiting on timers at ``deadline``.
         """
         snap = self._snapshot
-        instance = self._pre.instantiate(store)
+        heap, instance = self._interpreter.instantiate(store, self._heap)
+        for name, kind, value in snap.globals:
+            item = export_get(store, instance, name)
+            assert isinstance(item, wasmtime.Global)
+            item.set_value(store, wasmtime.Val.i32(value) if kind == "i32" else wasmtime.Val.i64(value))
         # Raw exports: wrapping each in a Python Func/Memory object costs more
         # than the call itself on this path.
         signatures = self._signatures
@@ -292,7 +346,7 @@ class JsProgram:
             name: RawFunc(store, raw_export(store, instance, name), *signatures[name])
             for name in _REQUEST_CALLS
         }
-        memory = raw_export(store, instance, "memory")
+        memory = raw_export(store, heap, "memory")
 
         def base() -> int:
             # Re-read after every call that may grow (and so move) memory.

@@ -1,22 +1,40 @@
-"""Baking a memory snapshot into a wasm module.
+"""Splitting an interpreter module from its memory, and heaps as tiny modules.
 
-After QuickJS has initialised and evaluated a worker, its whole state is the
-instance's linear memory (the only mutable global, ``__stack_pointer``, is back
-at its initial value between calls). Writing that memory back into the module
-as active data segments gives a module whose every fresh instance starts where
-the snapshot was taken, copy-on-write and isolated, without re-running init.
+An interpreter such as QuickJS is about 1 MB of code; a worker's own state is
+its initialised linear memory. Baking each worker's memory into a full copy of
+the interpreter made every worker pay a full compile (over a second) and carry
+its own machine code. Instead:
 
-Only what the rewrite needs is parsed: the memory section (minimum pages) and
-the data section (replaced). Custom sections (debug info, names) are dropped.
+* :func:`split_memory` rewrites the interpreter ONCE so that it *imports* its
+  linear memory (``wws.memory``) and carries no data segments of its own; it
+  is compiled once per interpreter version and shared by every worker;
+* :func:`heap_module` builds, per worker, a module with no code at all: one
+  memory whose active data segments are the worker's heap snapshot, exported.
+  Compiling it takes milliseconds, and wasmtime maps it copy-on-write from the
+  compiled file, so a fresh instance starts where the snapshot was taken.
+
+Per request: instantiate the heap module, then the shared interpreter against
+its memory. The interpreter's mutable globals are exported by the rewrite as
+``__wws_global_<index>``, so the snapshot step can check that they are back at
+their initial values (``__stack_pointer`` is, between calls) or record them.
+
+Only what the rewrite needs is parsed. Custom sections (debug info, names) are
+dropped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 _MAGIC = b"\x00asm\x01\x00\x00\x00"
-_MEMORY, _DATA, _DATACOUNT, _CUSTOM = 5, 11, 12, 0
-_PAGE = 65536
+_CUSTOM, _IMPORT, _MEMORY, _GLOBAL, _EXPORT, _DATA, _DATACOUNT = 0, 2, 5, 6, 7, 11, 12
+_KIND_FUNC, _KIND_TABLE, _KIND_MEMORY, _KIND_GLOBAL = 0, 1, 2, 3
+_I32, _I64 = 0x7F, 0x7E
+_I32_CONST, _I64_CONST, _END = 0x41, 0x42, 0x0B
+PAGE = 65536
+MEMORY_IMPORT = ("wws", "memory")
+GLOBAL_EXPORT_PREFIX = "__wws_global_"
 # Zero runs shorter than this stay inside a segment: fewer, larger segments
 # instantiate faster than many tiny ones.
 _MIN_GAP = 64
@@ -24,17 +42,50 @@ _ZERO_GAP = re.compile(rb"\x00{%d,}" % _MIN_GAP)
 
 
 class BakeError(ValueError):
-    pass
+    """The module uses something this rewrite does not handle."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MutableGlobal:
+    export_name: str
+    value_type: str  # "i32" or "i64"
+    initial: int | None  # None when the initialiser is not a constant
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SplitModule:
+    engine: bytes  # imports wws.memory, no data segments
+    blank_heap: bytes  # the original memory and data segments, exported as "memory"
+    min_pages: int
+    max_pages: int | None
+    mutable_globals: tuple[MutableGlobal, ...]
 
 
 def _read_uleb(data: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
+        if pos >= len(data):
+            raise BakeError("truncated module")
         byte = data[pos]
         pos += 1
         result |= (byte & 0x7F) << shift
         shift += 7
         if byte < 0x80:
+            return result, pos
+
+
+def _read_sleb(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise BakeError("truncated module")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            if byte & 0x40:
+                result -= 1 << shift
             return result, pos
 
 
@@ -61,6 +112,11 @@ def _sleb32(value: int) -> bytes:
             return bytes(out)
 
 
+def _name(text: str) -> bytes:
+    encoded = text.encode()
+    return _uleb(len(encoded)) + encoded
+
+
 def sections(module: bytes) -> list[tuple[int, bytes]]:
     if not module.startswith(_MAGIC):
         raise BakeError("not a core wasm module")
@@ -68,6 +124,8 @@ def sections(module: bytes) -> list[tuple[int, bytes]]:
     while pos < len(module):
         section_id = module[pos]
         size, start = _read_uleb(module, pos + 1)
+        if start + size > len(module):
+            raise BakeError("truncated module")
         out.append((section_id, module[start : start + size]))
         pos = start + size
     return out
@@ -77,21 +135,149 @@ def _section(section_id: int, body: bytes) -> bytes:
     return bytes([section_id]) + _uleb(len(body)) + body
 
 
-def _memory_section(pages: int, original: bytes) -> bytes:
-    count, pos = _read_uleb(original, 0)
-    if count != 1:
-        raise BakeError("expected exactly one memory")
-    flags = original[pos]
+def _read_limits(data: bytes, pos: int) -> tuple[int, int | None, int]:
+    flags = data[pos]
     if flags not in (0, 1):
         raise BakeError("shared or 64-bit memories are not supported")
-    _, pos = _read_uleb(original, pos + 1)
-    body = _uleb(1) + bytes([flags]) + _uleb(pages)
+    minimum, pos = _read_uleb(data, pos + 1)
+    maximum = None
     if flags == 1:
-        maximum, _ = _read_uleb(original, pos)
-        if maximum < pages:
-            raise BakeError("snapshot is larger than the module's maximum memory")
-        body += _uleb(maximum)
-    return body
+        maximum, pos = _read_uleb(data, pos)
+    return minimum, maximum, pos
+
+
+def _limits(minimum: int, maximum: int | None) -> bytes:
+    if maximum is None:
+        return b"\x00" + _uleb(minimum)
+    return b"\x01" + _uleb(minimum) + _uleb(maximum)
+
+
+def _memory(body: bytes) -> tuple[int, int | None]:
+    count, pos = _read_uleb(body, 0)
+    if count != 1:
+        raise BakeError("expected exactly one memory")
+    minimum, maximum, _ = _read_limits(body, pos)
+    return minimum, maximum
+
+
+def _imported_globals(body: bytes) -> int:
+    """How many globals the import section brings in (they come first in the
+    global index space); rejects a module that already imports a memory."""
+    count, pos = _read_uleb(body, 0)
+    globals_seen = 0
+    for _ in range(count):
+        for _field in range(2):
+            length, pos = _read_uleb(body, pos)
+            pos += length
+        kind = body[pos]
+        pos += 1
+        if kind == _KIND_FUNC:
+            _, pos = _read_uleb(body, pos)
+        elif kind == _KIND_TABLE:
+            _, _, pos = _read_limits(body, pos + 1)
+        elif kind == _KIND_MEMORY:
+            raise BakeError("the module already imports a memory")
+        elif kind == _KIND_GLOBAL:
+            globals_seen += 1
+            pos += 2
+        else:
+            raise BakeError(f"unknown import kind {kind}")
+    return globals_seen
+
+
+def _mutable_globals(body: bytes, first_index: int) -> list[tuple[int, MutableGlobal]]:
+    count, pos = _read_uleb(body, 0)
+    found = []
+    for local in range(count):
+        value_type, mutable = body[pos], body[pos + 1]
+        pos += 2
+        initial: int | None = None
+        opcode = body[pos]
+        if opcode in (_I32_CONST, _I64_CONST):
+            initial, pos = _read_sleb(body, pos + 1)
+        while body[pos] != _END:  # any other constant expression: skip it
+            pos += 1
+        pos += 1
+        if mutable:
+            if value_type not in (_I32, _I64):
+                raise BakeError("only i32 and i64 mutable globals can be carried")
+            index = first_index + local
+            kind = "i32" if value_type == _I32 else "i64"
+            found.append((index, MutableGlobal(f"{GLOBAL_EXPORT_PREFIX}{index}", kind, initial)))
+    return found
+
+
+def _data_count(body: bytes) -> tuple[int, bool]:
+    """Segment count, and whether any segment is passive."""
+    count, pos = _read_uleb(body, 0)
+    for _ in range(count):
+        flag, pos = _read_uleb(body, pos)
+        if flag == 1:
+            return count, True
+        if flag == 2:
+            _, pos = _read_uleb(body, pos)
+        while body[pos] != _END:  # constant offset expression
+            pos += 1
+        pos += 1
+        length, pos = _read_uleb(body, pos)
+        pos += length
+    return count, False
+
+
+def split_memory(module: bytes) -> SplitModule:
+    """Rewrite ``module`` to import its memory, and build the blank heap that
+    holds its original memory and data.
+
+    Raises:
+        BakeError: not exactly one memory of its own, passive data segments,
+            or mutable globals other than i32/i64.
+    """
+    parts = sections(module)
+    by_id = {section_id: body for section_id, body in parts}
+    if _MEMORY not in by_id:
+        raise BakeError("the module defines no memory")
+    minimum, maximum = _memory(by_id[_MEMORY])
+    data = by_id.get(_DATA, b"\x00")
+    segment_count, passive = _data_count(data)
+    if passive:
+        raise BakeError("modules with passive data segments cannot be split")
+    first_global = _imported_globals(by_id[_IMPORT]) if _IMPORT in by_id else 0
+    mutable = _mutable_globals(by_id[_GLOBAL], first_global) if _GLOBAL in by_id else []
+    memory_import = (
+        _name(MEMORY_IMPORT[0]) + _name(MEMORY_IMPORT[1]) + bytes([_KIND_MEMORY]) + _limits(minimum, maximum)
+    )
+    extra_exports = b"".join(
+        _name(g.export_name) + bytes([_KIND_GLOBAL]) + _uleb(index) for index, g in mutable
+    )
+    out = bytearray(_MAGIC)
+    have_import = _IMPORT in by_id
+    for section_id, body in parts:
+        if section_id in (_CUSTOM, _MEMORY):
+            continue
+        if section_id > _IMPORT and section_id != _DATACOUNT and not have_import:
+            out += _section(_IMPORT, _uleb(1) + memory_import)
+            have_import = True
+        if section_id == _IMPORT:
+            count, pos = _read_uleb(body, 0)
+            out += _section(_IMPORT, _uleb(count + 1) + body[pos:] + memory_import)
+        elif section_id == _EXPORT:
+            count, pos = _read_uleb(body, 0)
+            out += _section(_EXPORT, _uleb(count + len(mutable)) + body[pos:] + extra_exports)
+        elif section_id == _DATA:
+            # Keep the segment count (a data count section may promise it):
+            # empty passive segments behave like dropped active ones.
+            out += _section(_DATA, _uleb(segment_count) + b"\x01\x00" * segment_count)
+        else:
+            out += _section(section_id, body)
+    if _EXPORT not in by_id and mutable:
+        raise BakeError("the module has no export section")
+    blank = (
+        _MAGIC
+        + _section(_MEMORY, _uleb(1) + _limits(minimum, maximum))
+        + _section(_EXPORT, _uleb(1) + _name("memory") + bytes([_KIND_MEMORY]) + _uleb(0))
+        + _section(_DATA, data)
+    )
+    return SplitModule(bytes(out), blank, minimum, maximum, tuple(g for _, g in mutable))
 
 
 def _segments(snapshot: bytes) -> list[tuple[int, bytes]]:
@@ -108,61 +294,27 @@ def _segments(snapshot: bytes) -> list[tuple[int, bytes]]:
     return segments
 
 
-def _data_section(snapshot: bytes) -> tuple[bytes, int]:
-    segments = _segments(snapshot)
-    body = bytearray(_uleb(len(segments)))
-    for offset, payload in segments:
-        # Active segment for memory 0: flag 0, i32.const offset, end, bytes.
-        body += b"\x00\x41" + _sleb32(offset if offset < 2**31 else offset - 2**32) + b"\x0b"
-        body += _uleb(len(payload)) + payload
-    return bytes(body), len(segments)
-
-
-def bake(module: bytes, snapshot: bytes) -> bytes:
-    """``module`` with its memory replaced by ``snapshot`` (a whole number of pages).
+def heap_module(snapshot: bytes, max_pages: int | None) -> bytes:
+    """A module with no code: one memory holding ``snapshot`` (whole pages),
+    exported as "memory".
 
     Raises:
-        BakeError: the module uses features this rewrite does not handle
-            (passive data segments, several memories).
+        BakeError: the snapshot is not whole pages or is over ``max_pages``.
     """
-    if len(snapshot) % _PAGE:
+    if len(snapshot) % PAGE:
         raise BakeError("snapshot must be whole pages")
-    parts = sections(module)
-    if any(section_id == _DATA and _has_passive(body) for section_id, body in parts):
-        raise BakeError("modules with passive data segments cannot be baked")
-    data_body, segment_count = _data_section(snapshot)
-    out = bytearray(_MAGIC)
-    wrote_data = False
-    for section_id, body in parts:
-        if section_id == _CUSTOM:
-            continue
-        if section_id == _MEMORY:
-            out += _section(_MEMORY, _memory_section(len(snapshot) // _PAGE, body))
-        elif section_id == _DATACOUNT:
-            out += _section(_DATACOUNT, _uleb(segment_count))
-        elif section_id == _DATA:
-            out += _section(_DATA, data_body)
-            wrote_data = True
-        else:
-            out += _section(section_id, body)
-    if not wrote_data:
-        raise BakeError("the module has no data section to replace")
-    return bytes(out)
-
-
-def _has_passive(body: bytes) -> bool:
-    count, pos = _read_uleb(body, 0)
-    for _ in range(count):
-        flag, pos = _read_uleb(body, pos)
-        if flag == 1:
-            return True
-        if flag == 2:
-            _, pos = _read_uleb(body, pos)
-        if flag in (0, 2):
-            # Constant offset expression: i32.const <sleb> end.
-            while body[pos] != 0x0B:
-                pos += 1
-            pos += 1
-        length, pos = _read_uleb(body, pos)
-        pos += length
-    return False
+    pages = len(snapshot) // PAGE
+    if max_pages is not None and pages > max_pages:
+        raise BakeError("snapshot is larger than the module's maximum memory")
+    segments = _segments(snapshot)
+    data = bytearray(_uleb(len(segments)))
+    for offset, payload in segments:
+        # Active segment for memory 0: flag 0, i32.const offset, end, bytes.
+        data += b"\x00\x41" + _sleb32(offset if offset < 2**31 else offset - 2**32) + b"\x0b"
+        data += _uleb(len(payload)) + payload
+    return (
+        _MAGIC
+        + _section(_MEMORY, _uleb(1) + _limits(pages, max_pages))
+        + _section(_EXPORT, _uleb(1) + _name("memory") + bytes([_KIND_MEMORY]) + _uleb(0))
+        + _section(_DATA, bytes(data))
+    )
