@@ -26,7 +26,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 
 class FailureKind(enum.StrEnum):
@@ -41,6 +41,11 @@ class FailureKind(enum.StrEnum):
     SCRIPT_ERROR = "script-error"
     KV_LIMIT = "kv-limit"
     KV_UNAVAILABLE = "kv-unavailable"
+    # A key the request wrote changed meanwhile and the request made outbound
+    # HTTP calls, so it is not run again (the calls would be repeated).
+    KV_CONFLICT = "kv-conflict"
+    # A key the request wrote kept changing under it, every attempt.
+    KV_CONTENDED = "kv-contended"
     EXIT = "exit"
     LOAD_ERROR = "load-error"
     RUNNER_DIED = "runner-died"
@@ -136,6 +141,9 @@ class Reply:
     fuel_used: int
     elapsed_us: int
     stderr: bytes
+    # Outbound HTTP requests the worker attempted (host import or fetch()). A
+    # request that made none can be run again when its KV write conflicts.
+    outbound_requests: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -34,9 +34,13 @@ class RequestContext:
     def __init__(self) -> None:
         self.policy = HttpPolicy([], [], False)
         self.deadline = 0.0
+        # Calls that reached runner.outbound.send (the supervisor re-runs a
+        # request on a KV conflict only when this stayed 0).
+        self.outbound_requests = 0
 
     def start(self, policy: HttpPolicy, deadline: float) -> None:
         self.policy, self.deadline = policy, deadline
+        self.outbound_requests = 0
 
 
 class _GuestMemory:
@@ -112,6 +116,7 @@ def _call(guest: _GuestMemory, context: RequestContext, args: tuple[int, ...]) -
     headers = guest.pairs(headers_ptr, headers_len)
     body = guest.read(body_ptr, body_len) if body_is_some else None
     started = time.monotonic()
+    context.outbound_requests += 1
     response = send(context.policy, METHODS[method], uri, headers, body, context.deadline)
     elapsed_ms = (time.monotonic() - started) * 1000
     log.debug("outbound %s %s -> %d in %.1f ms", METHODS[method], uri, response.status, elapsed_ms)

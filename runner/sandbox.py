@@ -37,6 +37,8 @@ STDERR_TAIL = 4096
 class _Outcome:
     kind: FailureKind | None = None
     detail: str = ""
+    # fetch() calls a script attempted (they may have reached the network).
+    outbound: int = 0
 
 
 class Sandbox:
@@ -102,7 +104,7 @@ class Sandbox:
         if worker.js is not None:
             store.set_wasi(wasi)
             request = request_json(invoke, seed=os.urandom(16).hex())
-            fetch = functools.partial(_script_fetch, worker.spec.http, deadline)
+            fetch = functools.partial(_script_fetch, worker.spec.http, deadline, outcome)
             output, instance = self._execute_js(store, worker.js, request, deadline, fetch, outcome), None
         else:
             set_stdin_bytes(wasi, request_json(invoke))
@@ -132,6 +134,7 @@ class Sandbox:
                     fuel_used,
                     elapsed_us,
                     logs + stderr,
+                    outcome.outbound + self._http_context.outbound_requests,
                 )
         if outcome.kind in (FailureKind.TRAP, FailureKind.BAD_OUTPUT, FailureKind.EXIT) and _at_memory_limit(
             store, instance, invoke.memory_bytes
@@ -201,7 +204,7 @@ def _pread_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _script_fetch(policy: HttpPolicy, deadline: float, batch: bytes) -> bytes:
+def _script_fetch(policy: HttpPolicy, deadline: float, outcome: _Outcome, batch: bytes) -> bytes:
     """Make a script's queued fetch() calls under its policy; results go back
     as JSON for ``__wws_deliver`` (errors in wws's "[Kind] message" form)."""
     results: list[dict[str, object]] = []
@@ -213,6 +216,7 @@ def _script_fetch(policy: HttpPolicy, deadline: float, batch: bytes) -> bytes:
                 )
             body = base64.b64decode(item["body"]) if item.get("hasBody") else None
             headers = [(str(name), str(value)) for name, value in item["headers"]]
+            outcome.outbound += 1
             response = send(policy, str(item["method"]), str(item["url"]), headers, body, deadline)
         except OutboundError as exc:
             results.append({"id": item["id"], "error": f"[{exc.kind.label}] {exc.message}"})

@@ -13,7 +13,8 @@ import trio
 
 from ipc.messages import Failure, FailureKind, Invoke, Reply
 from supervisor.config import ServerConfig
-from supervisor.kv import KvLimitError, KvStore, KvUnavailable
+from supervisor.dispatch import run_with_kv
+from supervisor.kv import KvStore
 from supervisor.pool import Overloaded, Pool
 from supervisor.routes import (
     Route,
@@ -42,6 +43,8 @@ FAILURE_STATUS: dict[FailureKind, int] = {
     FailureKind.SCRIPT_ERROR: 500,
     FailureKind.KV_LIMIT: 500,
     FailureKind.KV_UNAVAILABLE: 503,
+    FailureKind.KV_CONFLICT: 409,
+    FailureKind.KV_CONTENDED: 503,
     FailureKind.EXIT: 500,
     FailureKind.LOAD_ERROR: 500,
     FailureKind.INTERNAL: 500,
@@ -127,13 +130,6 @@ class WorkerApp:
         finally:
             semaphore.release()
 
-    async def _kv_snapshot(self, namespace: str | None) -> dict[str, str]:
-        if not namespace:
-            return {}
-        snapshot = await self._kv.snapshot(namespace)
-        self._kv.limits.check_snapshot(namespace, snapshot)
-        return snapshot
-
     def _static_for(self, path: str) -> StaticFile | None:
         if self._public is None:
             return None
@@ -165,34 +161,42 @@ class WorkerApp:
             await _send_failure(send, FailureKind.LOAD_ERROR)
             return
         settings = self._settings[worker_id]
-        limits, namespace = settings.limits, settings.kv_namespace
-        try:
-            kv_snapshot = await self._kv_snapshot(namespace)
-        except (KvLimitError, KvUnavailable) as exc:
-            log.error("worker %s (%s): KV snapshot of %r failed: %s", route.path, worker_id, namespace, exc)
-            unavailable = isinstance(exc, KvUnavailable)
-            await _send_failure(send, FailureKind.KV_UNAVAILABLE if unavailable else FailureKind.KV_LIMIT)
-            return
-        invoke = Invoke(
-            request_id=self._pool.next_request_id(),
-            worker_id=worker_id,
-            method=scope["method"],
-            url=_full_url(scope),
-            headers=[[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
-            body=body,
-            params=params,
-            kv=kv_snapshot,
-            fuel=limits.fuel,
-            memory_bytes=limits.memory_bytes,
-            timeout_ms=limits.timeout_ms,
-        )
+        limits = settings.limits
+        url = _full_url(scope)
+        headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
+
+        def build(kv_snapshot: dict[str, str]) -> Invoke:
+            return Invoke(
+                request_id=self._pool.next_request_id(),
+                worker_id=worker_id,
+                method=scope["method"],
+                url=url,
+                headers=headers,
+                body=body,
+                params=params,
+                kv=kv_snapshot,
+                fuel=limits.fuel,
+                memory_bytes=limits.memory_bytes,
+                timeout_ms=limits.timeout_ms,
+            )
+
         deadline_s = (limits.timeout_ms + self._config.pool.kill_grace_ms) / 1000
-        try:
+
+        async def submit(invoke: Invoke) -> Reply | Failure:
             if settings.max_concurrency is None:
-                result = await self._pool.submit(invoke, deadline_s)
-            else:
-                async with self._concurrency_slot(worker_id, settings.max_concurrency):
-                    result = await self._pool.submit(invoke, deadline_s)
+                return await self._pool.submit(invoke, deadline_s)
+            async with self._concurrency_slot(worker_id, settings.max_concurrency):
+                return await self._pool.submit(invoke, deadline_s)
+
+        try:
+            result = await run_with_kv(
+                self._kv,
+                settings.kv_namespace,
+                build,
+                submit,
+                label=f"{scope['method']} {path} ({worker_id})",
+                writes_files=any(folder.writable for folder in settings.folders),
+            )
         except Overloaded as exc:
             log.warning("%s %s: 503, %s", scope["method"], path, exc)
             await _send_failure(send, FailureKind.OVERLOADED)
@@ -201,16 +205,6 @@ class WorkerApp:
             for line in result.stderr.decode("utf-8", "replace").splitlines():
                 log.info("[%s] %s", route.path, line)
         if isinstance(result, Reply):
-            if namespace and (result.kv_set or result.kv_deleted):
-                try:
-                    await self._kv.apply(namespace, result.kv_set, result.kv_deleted)
-                except (KvLimitError, KvUnavailable) as exc:
-                    log.warning("worker %s (%s): KV write refused: %s", route.path, worker_id, exc)
-                    unavailable = isinstance(exc, KvUnavailable)
-                    await _send_failure(
-                        send, FailureKind.KV_UNAVAILABLE if unavailable else FailureKind.KV_LIMIT
-                    )
-                    return
             await _send_reply(send, result)
             return
         _log_failure(route, result, limits.fuel)

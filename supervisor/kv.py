@@ -2,17 +2,26 @@
 
 Each request gets a copy of its worker's namespace (``kv`` in the request);
 after a successful run only what the worker changed (keys set, keys deleted)
-is written back, atomically, so concurrent requests that touch different keys
-of one namespace do not lose each other's updates (wws replaces the whole
-namespace and does). A failed request writes nothing.
+is written back, so concurrent requests that touch different keys of one
+namespace do not lose each other's updates (wws replaces the whole namespace
+and does). A failed request writes nothing.
+
+A write is conditional: every key a request set or deleted must still hold
+the value it had in that request's snapshot, or nothing is written and
+:class:`KvConflict` is raised (optimistic concurrency; supervisor/dispatch.py
+runs the request again). Workers hand back their whole namespace, so what they
+*read* is unknown; the keys they wrote stand in for it, which is exactly what a
+read-modify-write of one key needs. Check and write are one atomic step per
+backend: no ``await`` between them in memory, one ``BEGIN IMMEDIATE``
+transaction in SQLite, one Lua script in Redis.
 
 Backends, chosen with ``--kv URL``:
 
 * ``memory://`` (default): in the supervisor's memory, gone on restart, as wws.
 * ``sqlite:///path/kv.db``: one file, WAL mode, one transaction per request's
-  changes; survives restarts and ``kill -9``.
+  check and changes; survives restarts and ``kill -9``.
 * ``redis://host:port/db``: shared by several supervisors; each request's
-  changes are applied by one Lua script, so they land all at once.
+  check and changes are one Lua script, so they land all at once.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -34,6 +43,24 @@ class KvLimitError(Exception):
 
 class KvUnavailable(Exception):
     """The backend could not be reached or failed; the message is one line."""
+
+
+class KvConflict(Exception):
+    """A key the request wrote changed since its snapshot; nothing was applied."""
+
+    def __init__(self, namespace: str, keys: Sequence[str]) -> None:
+        self.namespace, self.keys = namespace, sorted(keys)
+        shown = ", ".join(repr(key) for key in self.keys[:3])
+        more = f" and {len(self.keys) - 3} more" if len(self.keys) > 3 else ""
+        super().__init__(f"{shown}{more} changed in namespace {namespace!r} since the snapshot")
+
+
+# What each written key held in the request's snapshot (None: it was absent).
+Expected = Mapping[str, str | None]
+
+
+def _stale(expected: Expected, current: Mapping[str, str]) -> list[str]:
+    return [key for key, value in expected.items() if current.get(key) != value]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,7 +93,24 @@ class KvStore(Protocol):
 
     async def snapshot(self, namespace: str) -> dict[str, str]: ...
 
-    async def apply(self, namespace: str, changed: dict[str, str], deleted: Sequence[str]) -> None: ...
+    async def apply(
+        self,
+        namespace: str,
+        changed: dict[str, str],
+        deleted: Sequence[str],
+        expected: Expected | None = None,
+    ) -> None:
+        """Write ``changed`` and delete ``deleted`` at once, if every key in
+        ``expected`` still holds the value given there (None: absent).
+
+        ``expected=None`` writes unconditionally (tests and maintenance).
+
+        Raises:
+            KvConflict: a key of ``expected`` differs; nothing was written.
+            KvLimitError: a limit would be broken; nothing was written.
+            KvUnavailable: the backend failed (Redis only).
+        """
+        ...
 
     def close(self) -> None: ...
 
@@ -81,10 +125,18 @@ class MemoryKv:
     async def snapshot(self, namespace: str) -> dict[str, str]:
         return dict(self._namespaces.get(namespace, {}))
 
-    async def apply(self, namespace: str, changed: dict[str, str], deleted: Sequence[str]) -> None:
-        # No await between the check and the write: atomic within the event loop.
+    async def apply(
+        self,
+        namespace: str,
+        changed: dict[str, str],
+        deleted: Sequence[str],
+        expected: Expected | None = None,
+    ) -> None:
+        # No await between the checks and the write: atomic within the event loop.
         self.limits.check_changes(changed)
         current = self._namespaces.setdefault(namespace, {})
+        if expected and (stale := _stale(expected, current)):
+            raise KvConflict(namespace, stale)
         gone = [key for key in deleted if key not in changed]
         added = sum(1 for key in changed if key not in current) - sum(1 for key in gone if key in current)
         if len(current) + added > self.limits.max_keys:
@@ -123,14 +175,34 @@ class SqliteKv:
             rows = self._db.execute("SELECT key, value FROM kv WHERE namespace = ?", (namespace,)).fetchall()
         return dict(rows)
 
-    async def apply(self, namespace: str, changed: dict[str, str], deleted: Sequence[str]) -> None:
+    async def apply(
+        self,
+        namespace: str,
+        changed: dict[str, str],
+        deleted: Sequence[str],
+        expected: Expected | None = None,
+    ) -> None:
         self.limits.check_changes(changed)
-        await trio.to_thread.run_sync(self._apply, namespace, changed, list(deleted), limiter=self._limiter)
+        await trio.to_thread.run_sync(
+            self._apply, namespace, changed, list(deleted), expected or {}, limiter=self._limiter
+        )
 
-    def _apply(self, namespace: str, changed: dict[str, str], deleted: list[str]) -> None:
+    def _apply(self, namespace: str, changed: dict[str, str], deleted: list[str], expected: Expected) -> None:
         with self._lock:
+            # IMMEDIATE takes the write lock before the check, so no other
+            # connection (another supervisor on the same file) can write
+            # between the check and the changes.
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                current: dict[str, str] = {}
+                for key in expected:
+                    row = self._db.execute(
+                        "SELECT value FROM kv WHERE namespace = ? AND key = ?", (namespace, key)
+                    ).fetchone()
+                    if row is not None:
+                        current[key] = row[0]
+                if stale := _stale(expected, current):
+                    raise KvConflict(namespace, stale)
                 gone = [key for key in deleted if key not in changed]
                 self._db.executemany(
                     "DELETE FROM kv WHERE namespace = ? AND key = ?", [(namespace, k) for k in gone]
@@ -156,20 +228,37 @@ class SqliteKv:
             self._db.close()
 
 
-# Applies one request's changes at once: deletes, then sets, refusing the whole
-# change if the namespace would exceed its key limit.
+# Applies one request's changes at once, if the keys it wrote are unchanged:
+# ARGV = max_keys, nexp, ndel, nexp triples (key, "1" if present, value), ndel
+# keys to delete, then key/value pairs to set. Returns 1, or the list of keys
+# that changed (then nothing is written); refuses the whole change if the
+# namespace would exceed its key limit. Redis runs a script alone, so the
+# check and the writes are one atomic step.
 _REDIS_APPLY = """
-local hash, max_keys, ndel = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2])
+local hash, max_keys = KEYS[1], tonumber(ARGV[1])
+local nexp, ndel = tonumber(ARGV[2]), tonumber(ARGV[3])
+local stale = {}
+for i = 4, 3 + 3 * nexp, 3 do
+  local now = redis.call('HGET', hash, ARGV[i])
+  if ARGV[i + 1] == '1' then
+    if now ~= ARGV[i + 2] then stale[#stale + 1] = ARGV[i] end
+  elseif now then
+    stale[#stale + 1] = ARGV[i]
+  end
+end
+if #stale > 0 then return stale end
+local first_del = 4 + 3 * nexp
+local first_set = first_del + ndel
 local delta = 0
-for i = 3, 2 + ndel do
+for i = first_del, first_set - 1 do
   if redis.call('HEXISTS', hash, ARGV[i]) == 1 then delta = delta - 1 end
 end
-for i = 3 + ndel, #ARGV, 2 do
+for i = first_set, #ARGV, 2 do
   if redis.call('HEXISTS', hash, ARGV[i]) == 0 then delta = delta + 1 end
 end
 if redis.call('HLEN', hash) + delta > max_keys then return redis.error_reply('too many keys') end
-for i = 3, 2 + ndel do redis.call('HDEL', hash, ARGV[i]) end
-for i = 3 + ndel, #ARGV, 2 do redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
+for i = first_del, first_set - 1 do redis.call('HDEL', hash, ARGV[i]) end
+for i = first_set, #ARGV, 2 do redis.call('HSET', hash, ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
@@ -202,20 +291,34 @@ class RedisKv:
             raise KvUnavailable(f"Redis read failed: {exc}") from None
         return result
 
-    async def apply(self, namespace: str, changed: dict[str, str], deleted: Sequence[str]) -> None:
+    async def apply(
+        self,
+        namespace: str,
+        changed: dict[str, str],
+        deleted: Sequence[str],
+        expected: Expected | None = None,
+    ) -> None:
         self.limits.check_changes(changed)
         gone = [key for key in deleted if key not in changed]
-        args: list[str | int] = [self.limits.max_keys, len(gone), *gone]
+        expected = expected or {}
+        args: list[str | int] = [self.limits.max_keys, len(expected), len(gone)]
+        for key, value in expected.items():
+            args += [key, "0", ""] if value is None else [key, "1", value]
+        args += gone
         for key, value in changed.items():
             args += [key, value]
         try:
-            await trio.to_thread.run_sync(lambda: self._apply_script(keys=[self._hash(namespace)], args=args))
+            result = await trio.to_thread.run_sync(
+                lambda: self._apply_script(keys=[self._hash(namespace)], args=args)
+            )
         except self._errors as exc:
             if "too many keys" in str(exc):
                 raise KvLimitError(
                     f"namespace {namespace!r} would hold more than {self.limits.max_keys} keys"
                 ) from None
             raise KvUnavailable(f"Redis write failed: {exc}") from None
+        if isinstance(result, list):
+            raise KvConflict(namespace, [str(key) for key in result])
 
     def close(self) -> None:
         self._redis.close()

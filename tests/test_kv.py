@@ -1,4 +1,5 @@
-"""The KV stores on their own: snapshot/apply semantics and limits, for every backend."""
+"""The KV stores on their own: snapshot/apply semantics, conditional commits and
+limits, for every backend."""
 
 from __future__ import annotations
 
@@ -9,7 +10,16 @@ from pathlib import Path
 import pytest
 import trio
 
-from supervisor.kv import KvLimitError, KvLimits, KvStore, KvUnavailable, MemoryKv, SqliteKv, open_kv
+from supervisor.kv import (
+    KvConflict,
+    KvLimitError,
+    KvLimits,
+    KvStore,
+    KvUnavailable,
+    MemoryKv,
+    SqliteKv,
+    open_kv,
+)
 from tests.redis_server import redis_server
 
 LIMITS = KvLimits(max_key_bytes=16, max_value_bytes=64, max_keys=5, max_snapshot_bytes=200)
@@ -103,6 +113,62 @@ async def test_concurrent_applies_lose_nothing(store: KvStore) -> None:
         for index in range(5):
             nursery.start_soon(store.apply, "a", {f"k{index}": str(index)}, [])
     assert await store.snapshot("a") == {f"k{i}": str(i) for i in range(5)}
+
+
+async def test_conditional_apply_commits_when_written_keys_are_unchanged(store: KvStore) -> None:
+    await store.apply("a", {"n": "1", "gone": "x"}, [])
+    # Another request changed a key this one did not write: no conflict.
+    await store.apply("a", {"other": "y"}, [], {"other": None})
+    await store.apply("a", {"n": "2", "new": "v"}, ["gone"], {"n": "1", "new": None, "gone": "x"})
+    assert await store.snapshot("a") == {"n": "2", "new": "v", "other": "y"}
+
+
+@pytest.mark.parametrize(
+    ("expected", "stale"),
+    [
+        ({"n": "1"}, ["n"]),  # changed since the snapshot
+        ({"n": None}, ["n"]),  # absent in the snapshot, written since
+        ({"d": "x"}, ["d"]),  # present in the snapshot, deleted since
+        ({"n": "1", "d": "x", "fine": None}, ["d", "n"]),
+    ],
+)
+async def test_conditional_apply_refuses_everything_on_a_conflict(
+    store: KvStore, expected: dict[str, str | None], stale: list[str]
+) -> None:
+    await store.apply("a", {"n": "1", "d": "x"}, [])
+    await store.apply("a", {"n": "2"}, ["d"])  # what another request committed meanwhile
+    with pytest.raises(KvConflict) as caught:
+        await store.apply("a", {key: "mine" for key in expected}, ["n"], expected)
+    assert (caught.value.namespace, caught.value.keys) == ("a", stale)
+    assert await store.snapshot("a") == {"n": "2"}
+
+
+async def test_conflict_is_checked_before_the_key_limit(store: KvStore) -> None:
+    await store.apply("a", {str(i): "v" for i in range(5)}, [])
+    with pytest.raises(KvConflict):
+        await store.apply("a", {"0": "w", "new": "v"}, [], {"0": "old", "new": None})
+
+
+async def test_read_modify_write_of_one_key_loses_nothing(store: KvStore) -> None:
+    conflicts = 0
+
+    async def increment() -> None:
+        nonlocal conflicts
+        while True:
+            snapshot = await store.snapshot("a")
+            await trio.lowlevel.checkpoint()  # let the others take the same snapshot
+            count = str(int(snapshot.get("n", "0")) + 1)
+            try:
+                await store.apply("a", {"n": count}, [], {"n": snapshot.get("n")})
+                return
+            except KvConflict:
+                conflicts += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):
+            nursery.start_soon(increment)
+    assert await store.snapshot("a") == {"n": "20"}
+    assert conflicts > 0
 
 
 @pytest.mark.parametrize(
