@@ -1,0 +1,273 @@
+"""The fault table: every fault class, N times, against the real server, while
+two clients keep measuring an unrelated route.
+
+    .venv/bin/python bench/faults.py                 # every class, 3 rounds: a few minutes
+    .venv/bin/python bench/faults.py --rounds 5
+    .venv/bin/python bench/faults.py --quick --classes trap,cl-te   # 1 round of a few classes
+
+Serves bench/faults/ (one worker per fault class plus /hello, the unrelated
+route) with two runners. Two paced clients request /hello all the time; each
+request counts against the class running when it started. After each round
+the bench waits until the pool is full again: exactly two runner children of
+the server, none stopped, each seen blocked reading its request pipe (read(2)
+in /proc/<pid>/syscall), i.e. booted and idle. The classes are in
+bench/fault_classes.py. Writes bench/faults.md and bench/faults.json (or into
+--out-dir); the server's log goes to a file named at the end of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.fault_classes import CLASSES, Ctx, FaultClass
+from bench.probe import REPO, WORKERS, PacedClient, Sample, lives, start_server, wait_pool_full
+
+_MIN_WATCH_S = 1.0
+_EXPLAIN = (
+    "The server runs `bench/faults/` with `-w {workers}` and default limits (the endless loop has a 1.5 s "
+    "wall clock and far more fuel, the host-call worker 1 s). Two clients request the unrelated `/hello` "
+    "route all the time (paced, a fresh connection each); a request counts against the class running when "
+    "it started. *Pool full again*: worst round, seconds from the end of the fault until every runner slot "
+    "has a live, idle runner."
+)
+_BACKOFF = re.compile(r"restarting in ([\d.]+) s after (\d+) crash")
+
+
+async def run_class(ctx: Ctx, fault: FaultClass, rounds: int) -> dict[str, Any]:
+    mark = len(ctx.server.lines)
+    started = time.monotonic()
+    result: dict[str, Any] = {"rounds": [], "survived": True, "log": []}
+    for _ in range(rounds):
+        before = {p.pid for p in ctx.server.runners()}
+        outcome = await fault.action(ctx)
+        outcome.fault_end = outcome.fault_end or time.monotonic()
+        full = await wait_pool_full(ctx.server, outcome.fault_end, ctx.full_timeout_s)
+        after = {p.pid for p in ctx.server.runners()}
+        # Every round watches the unrelated route for at least a second after its fault.
+        await trio.sleep(max(0.0, outcome.fault_end + _MIN_WATCH_S - time.monotonic()))
+        for pid in outcome.kill_after:  # a runner nobody else will end
+            if lives(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                if fault.server != "killed":
+                    outcome.problems.append(f"runner {pid} still there after the round (killed by the bench)")
+        if not ctx.server.alive():
+            result["survived"] = False
+            outcome.problems.append(f"the server exited with {ctx.server.proc.returncode}")
+            result["log"] += ctx.server.lines[mark:]
+            ctx.server = await start_server(ctx.cache_dir, ctx.log)
+            mark = 0
+        replaced = len(before - after) if fault.server != "killed" else None
+        result["rounds"].append({**dataclasses.asdict(outcome), "pool_full_s": full, "replaced": replaced})
+    result["window"] = (started, time.monotonic())
+    result["log"] += ctx.server.lines[mark:]
+    return result
+
+
+def _log_facts(log: list[str]) -> dict[str, Any]:
+    backoffs = [(float(m.group(1)), int(m.group(2))) for line in log if (m := _BACKOFF.search(line))]
+    return {
+        "tracebacks": sum("Traceback" in line for line in log),
+        "backoff_max_s": max((b[0] for b in backoffs), default=0.0),
+        "backoff_max_crashes": max((b[1] for b in backoffs), default=0),
+    }
+
+
+def summarise(fault: FaultClass, raw: dict[str, Any], samples: list[Sample], rounds: int) -> dict[str, Any]:
+    begin, end = raw["window"]
+    mine = [s for s in samples if begin <= s.start < end]
+    failed = [s for s in mine if not s.ok]
+    failures = dict(collections.Counter(s.what for s in failed))
+    fulls = [r["pool_full_s"] for r in raw["rounds"]]
+    replaced = [r["replaced"] for r in raw["rounds"] if r["replaced"] is not None]
+    problems = [p for r in raw["rounds"] for p in r["problems"]]
+    if not raw["survived"] and fault.server != "killed":
+        problems.append("the server died")
+    if fault.allowed is not None and len(failed) > fault.allowed * rounds:
+        problems.append(f"{len(failed)} unrelated failures ({failures})")
+    if fault.keeps_runner and sum(replaced):
+        problems.append(f"{sum(replaced)} runner(s) lost")
+    if any(f is None for f in fulls):
+        problems.append("pool not full again in time")
+    log = _log_facts(raw["log"])
+    notes = [fault.promise]
+    if fault.allowed is None and failed:
+        notes.append(f"unrelated failures: {failures}")
+    if log["backoff_max_crashes"]:
+        notes.append(
+            f"crash backoff up to {log['backoff_max_s']:.2f} s after {log['backoff_max_crashes']} crash(es)"
+        )
+    if log["tracebacks"]:
+        notes.append(f"{log['tracebacks']} traceback(s) in the log")
+    notes += _fact_notes([r["facts"] for r in raw["rounds"]])
+    return {
+        "class": fault.name,
+        "key": fault.key,
+        "n": rounds,
+        "promise": fault.promise,
+        "fault_answers": dict(collections.Counter(a for r in raw["rounds"] for a in r["answers"])),
+        "runners_replaced": sum(replaced) if replaced else None,
+        "unrelated_total": len(mine),
+        "unrelated_failed": len(failed),
+        "unrelated_failures": failures,
+        "worst_unrelated_ms": round(max((s.latency for s in mine), default=0.0) * 1000, 1),
+        "pool_full_worst_s": None if any(f is None for f in fulls) else max(fulls, default=0.0),
+        "server_survived": raw["survived"],
+        "verdict": "ok" if not problems else "FAIL",
+        "problems": problems,
+        "notes": notes,
+        "log": log,
+        "rounds": raw["rounds"],
+    }
+
+
+def _fact_notes(facts: list[dict[str, Any]]) -> list[str]:
+    notes = []
+    closed = [f for f in facts if "closed_by_server" in f]
+    if closed:
+        total = sum(f["connections"] for f in closed)
+        by_server = sum(f["closed_by_server"] for f in closed)
+        last = max((f.get("closed_after_max_s", 0.0) for f in closed), default=0.0)
+        statuses: collections.Counter[str] = collections.Counter()
+        for f in closed:
+            statuses.update(f["statuses"])
+        notes.append(f"slow connections closed by the server: {by_server}/{total} (last after {last} s)")
+        notes.append(f"their answers: {dict(statuses) or 'none'}")
+    if any("opened" in f for f in facts):
+        opened = [f["opened"] for f in facts if "opened" in f]
+        notes.append(f"idle connections opened: {min(opened)}-{max(opened)}")
+    if any("orphans" in f for f in facts):
+        orphans = sum(len(f["orphans"]) for f in facts)
+        left = sum(len(f["leftover"]) for f in facts)
+        notes.append(f"orphaned runners: {orphans}; scratch folders left after restart: {left}")
+    return notes
+
+
+async def run_all(args: argparse.Namespace, selected: list[FaultClass]) -> tuple[list[dict[str, Any]], Path]:
+    log = Path(tempfile.mkdtemp(prefix="wws-faults-")) / "server.log"
+    ctx = Ctx(await start_server(args.cache_dir, log), args.cache_dir, log, args.hold, args.full_timeout)
+    rows = []
+    async with trio.open_nursery() as nursery:
+        clients = [PacedClient(lambda: ctx.server.port, "/hello", b"hello", 0.02) for _ in range(2)]
+        for client in clients:
+            nursery.start_soon(client.run)
+        for fault in selected:
+            print(f"{fault.key}: {args.rounds} round(s)", file=sys.stderr, flush=True)
+            shared = ctx.server
+            if fault.server == "nofile":
+                ctx.server = await start_server(args.cache_dir, log, 1024)
+            raw = await run_class(ctx, fault, args.rounds)
+            if fault.server == "nofile":
+                await trio.to_thread.run_sync(ctx.server.stop)
+                ctx.server = shared
+            samples = [s for c in clients for s in c.samples]
+            rows.append(summarise(fault, raw, samples, args.rounds))
+            print(f"  {rows[-1]['verdict']} {'; '.join(rows[-1]['problems'])}", file=sys.stderr, flush=True)
+        nursery.cancel_scope.cancel()
+    await trio.to_thread.run_sync(ctx.server.stop)
+    return rows, log
+
+
+def _answers(counts: dict[str, int]) -> str:
+    return ", ".join(f"{what} x{n}" for what, n in sorted(counts.items())) or "-"
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    out = [
+        f"Command: `{meta['command']}`; commit {meta['commit']}; {meta['machine']}; {meta['date']}.",
+        "",
+        _EXPLAIN.format(workers=WORKERS),
+        "",
+        "| fault class | N | fault requests got | runners replaced | unrelated requests (total / failed) "
+        "| worst unrelated latency (ms) | pool full again (s) | verdict | isolation promised; notes |",
+        "|---|---:|---|---:|---:|---:|---:|---|---|",
+    ]
+    for row in rows:
+        full = "never" if row["pool_full_worst_s"] is None else f"{row['pool_full_worst_s']:.2f}"
+        verdict = "ok" if row["verdict"] == "ok" else "**FAIL**: " + "; ".join(row["problems"])
+        replaced = "-" if row["runners_replaced"] is None else str(row["runners_replaced"])
+        out.append(
+            f"| {row['class']} | {row['n']} | {_answers(row['fault_answers'])} | {replaced} "
+            f"| {row['unrelated_total']} / {row['unrelated_failed']} | {row['worst_unrelated_ms']:.0f} "
+            f"| {full} | {verdict} | {'; '.join(row['notes'])} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def _meta(args: argparse.Namespace) -> dict[str, Any]:
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "supervisor", "runner", "ipc")
+    return {
+        "command": "python bench/faults.py " + " ".join(sys.argv[1:]),
+        "commit": git("rev-parse", "--short", "HEAD") + (" plus uncommitted changes" if dirty else ""),
+        "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "rounds": args.rounds,
+        "hold_s": args.hold,
+    }
+
+
+def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[FaultClass]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per class (default 3; --quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="one round per class, slow clients held 8 s")
+    keys = ",".join(c.key for c in CLASSES)
+    parser.add_argument("--classes", default="", help=f"comma-separated subset of: {keys}")
+    parser.add_argument(
+        "--hold", type=float, default=15.0, help="longest a slow client stays (s, default 15)"
+    )
+    parser.add_argument("--full-timeout", type=float, default=30.0, help="longest wait for a full pool (s)")
+    parser.add_argument("--out-dir", type=Path, default=REPO / "bench")
+    parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "wws-faults-cache")
+    args = parser.parse_args(argv)
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.quick:
+        args.hold = min(args.hold, 8.0)
+    chosen = [k for k in args.classes.split(",") if k]
+    unknown = set(chosen) - {c.key for c in CLASSES}
+    if unknown:
+        parser.error(f"unknown class(es): {', '.join(sorted(unknown))}")
+    return args, [c for c in CLASSES if not chosen or c.key in chosen]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, selected = _parse(argv)
+    rows, log = trio.run(run_all, args, selected)
+    meta = _meta(args)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows, meta)
+    (args.out_dir / "faults.md").write_text("# Fault table\n\n" + table)
+    (args.out_dir / "faults.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(table)
+    print(f"server log: {log}", file=sys.stderr)
+    failed = [row["key"] for row in rows if row["verdict"] != "ok"]
+    if failed:
+        print(f"classes that failed: {', '.join(failed)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
