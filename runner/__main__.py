@@ -15,9 +15,11 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import Callable
 
 from ipc.codec import FrameDecoder, ProtocolError, encode
-from ipc.messages import PROTOCOL_VERSION, Configure, Invoke, Message, Ready
+from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Message, Ready, Reply
+from runner.kit import printable
 
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3
@@ -47,7 +49,10 @@ class _Channel:
         return self._pending.pop(0)
 
     def send(self, message: Message) -> None:
-        frame = memoryview(encode(message))
+        self.send_frame(encode(message))
+
+    def send_frame(self, data: bytes) -> None:
+        frame = memoryview(data)
         while frame:
             written = os.write(self._write_fd, frame)
             frame = frame[written:]
@@ -154,7 +159,9 @@ def _serve(channel: _Channel, config: Configure) -> int:
     # Cap every file this process writes (guest stdout/stderr included) so a
     # hostile worker cannot fill the disk or /dev/shm.
     resource.setrlimit(resource.RLIMIT_FSIZE, (config.max_output_bytes, config.max_output_bytes))
-    sandbox = Sandbox(engine, workers, config.epoch_tick_ms, config.scratch_dir, http_context)
+    sandbox = Sandbox(
+        engine, workers, config.epoch_tick_ms, config.scratch_dir, http_context, config.max_output_bytes
+    )
     try:
         while True:
             try:
@@ -167,9 +174,38 @@ def _serve(channel: _Channel, config: Configure) -> int:
             if not isinstance(message, Invoke):
                 log.error("unexpected %s frame", type(message).__name__)
                 return EXIT_PROTOCOL_ERROR
-            channel.send(sandbox.run(message))
+            # Writing is outside the net: a broken pipe means the supervisor is gone.
+            channel.send_frame(answer(sandbox.run, message))
     finally:
         sandbox.close()
+
+
+def answer(run: Callable[[Invoke], Reply | Failure], invoke: Invoke) -> bytes:
+    """The frame answering ``invoke``. Whatever goes wrong while running the
+    request or framing its reply (a worker's output that slipped past the
+    checks, a bug of ours) costs this request a Failure, never the runner.
+
+    Error handling: MemoryError and non-Exception errors (SystemExit,
+    KeyboardInterrupt) propagate: the process itself is then in doubt, and the
+    supervisor replaces it.
+    """
+    try:
+        result = run(invoke)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        log.exception("request %d failed inside the runner", invoke.request_id)
+        detail = printable(f"runner error: {exc!r}"[:500])
+        result = Failure(invoke.request_id, FailureKind.INTERNAL, detail, 0, 0, b"")
+    try:
+        return encode(result)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        # A Reply too large for a frame, or text msgpack cannot encode.
+        kind = result.kind if isinstance(result, Failure) else FailureKind.BAD_OUTPUT
+        detail = printable(f"the reply cannot be framed: {exc}"[:500])
+        return encode(Failure(invoke.request_id, kind, detail, result.fuel_used, result.elapsed_us, b""))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,16 @@ import wasmtime
 from ipc.messages import Failure, FailureKind, HttpPolicy, Invoke, Reply
 from runner.epoch import EpochTicker
 from runner.http_import import RequestContext
-from runner.kit import BadOutput, KitResponse, parse_response, request_json
+from runner.kit import (
+    DEFAULT_MAX_OUTPUT,
+    BadOutput,
+    KitResponse,
+    load_json,
+    parse_response,
+    printable,
+    request_json,
+    response_from,
+)
 from runner.modules import LoadedWorker, first_line
 from runner.outbound import HttpErrorKind, OutboundError, send
 from runner.quickjs import JsProgram, ScriptLoadError, ScriptTimeout
@@ -55,8 +64,11 @@ class Sandbox:
         tick_ms: int,
         scratch_dir: str,
         http_context: RequestContext,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT,
     ) -> None:
         self._engine = engine
+        # Worker output past this is bad-output, well before the IPC frame limit.
+        self._max_output = max_output_bytes
         self._http_context = http_context
         self._workers = workers
         self._ticker = EpochTicker(engine, tick_ms)
@@ -76,6 +88,14 @@ class Sandbox:
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def run(self, invoke: Invoke) -> Reply | Failure:
+        # The ticker must not park while a request runs, however long it is.
+        self._ticker.request_started()
+        try:
+            return self._run(invoke)
+        finally:
+            self._ticker.request_finished()
+
+    def _run(self, invoke: Invoke) -> Reply | Failure:
         started = time.perf_counter()
         worker = self._workers.get(invoke.worker_id)
         if worker is None:
@@ -100,7 +120,6 @@ class Sandbox:
         logs = b""
         deadline = time.monotonic() + invoke.timeout_ms / 1000
         self._http_context.start(worker.spec.http, deadline)
-        self._ticker.request_started()
         if worker.js is not None:
             store.set_wasi(wasi)
             request = request_json(invoke, seed=os.urandom(16).hex())
@@ -117,9 +136,9 @@ class Sandbox:
         if outcome.kind is None:
             try:
                 if output is not None:
-                    response, logs = _script_response(output)
+                    response, logs = _script_response(output, self._max_output)
                 else:
-                    response = parse_response(stdout)
+                    response = parse_response(stdout, self._max_output)
             except BadOutput as exc:
                 outcome = _Outcome(FailureKind.BAD_OUTPUT, str(exc))
             except _ScriptFailed as exc:
@@ -263,22 +282,22 @@ class _ScriptFailed(Exception):
         self.outcome, self.logs = outcome, logs
 
 
-def _script_response(output: bytes) -> tuple[KitResponse, bytes]:
+def _script_response(output: bytes, max_bytes: int) -> tuple[KitResponse, bytes]:
     """The shim's JSON: a response, or the error the handler threw or rejected
     with. Console output comes back as log lines for the supervisor."""
-    try:
-        document = json.loads(output)
-    except json.JSONDecodeError as exc:
-        raise BadOutput(f"the JavaScript driver returned invalid JSON: {exc}") from None
+    document = load_json(output, max_bytes)
+    if not isinstance(document, dict):
+        raise BadOutput("the JavaScript driver returned JSON that is not an object")
     lines = [f"console.{level}: {text}" for level, text in document.get("logs", [])]
-    logs = ("\n".join(lines) + "\n").encode() if lines else b""
+    # Logs are for people: a lone surrogate becomes an escape, not an error.
+    logs = ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace") if lines else b""
     error = document.get("error")
     if error is not None:
         kind = FailureKind.MEMORY_LIMIT if "out of memory" in error else FailureKind.SCRIPT_ERROR
         stack = str(document.get("stack", "")).strip()
-        detail = f"{error}" + (f"\n{stack}" if stack else "")
+        detail = printable(f"{error}" + (f"\n{stack}" if stack else ""))
         raise _ScriptFailed(_Outcome(kind, detail), logs)
-    return parse_response(output), logs
+    return response_from(document), logs
 
 
 def _at_memory_limit(store: wasmtime.Store, instance: wasmtime.Instance | None, limit: int) -> bool:
@@ -287,4 +306,11 @@ def _at_memory_limit(store: wasmtime.Store, instance: wasmtime.Instance | None, 
     memory = export_get(store, instance, "memory")
     if not isinstance(memory, wasmtime.Memory):
         return False
-    return memory.data_len(store) + _WASM_PAGE > limit
+    # A refused memory.grow leaves no trace we can read (the store limiter has
+    # no callback in the C API), so judge by size. Allocators grow in steps of
+    # many pages: by the request (dlmalloc, Rust), by its power of two (Zig),
+    # or by doubling the heap (AssemblyScript, TinyGo). So one that aborted
+    # with over half the limit in use most likely had its grow refused; the
+    # detail still names the trap or exit that ended it.
+    size = memory.data_len(store)
+    return size + _WASM_PAGE > limit or size > limit // 2

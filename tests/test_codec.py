@@ -55,16 +55,16 @@ def test_round_trip(message: object) -> None:
 
 
 def test_frames_fed_one_byte_at_a_time() -> None:
-    stream = b"".join(encode(m) for m in SAMPLES)  # type: ignore[arg-type]
     decoder = FrameDecoder()
-    out = []
-    for index in range(len(stream)):
-        got = decoder.feed(stream[index : index + 1])
-        out.extend(got)
-        # Nothing comes out before the last byte of a frame arrives.
-        assert len(out) <= len(SAMPLES)
-    assert out == SAMPLES
-    assert decoder.pending_bytes == 0
+    for message in SAMPLES:
+        frame = encode(message)  # type: ignore[arg-type]
+        # Nothing comes out before the last byte of a frame arrives...
+        for index in range(len(frame) - 1):
+            assert decoder.feed(frame[index : index + 1]) == []
+            assert decoder.pending_bytes == index + 1
+        # ...and the last byte gives exactly that one message.
+        assert decoder.feed(frame[-1:]) == [message]
+        assert decoder.pending_bytes == 0
 
 
 def test_several_frames_in_one_chunk_and_a_split_tail() -> None:
