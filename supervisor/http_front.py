@@ -38,6 +38,10 @@ _REFUSAL = (
 _TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _TRANSIENT_RETRY_S = 0.1
 _REFUSAL_LOG_EVERY_S = 10.0
+# Refused connections half-closed and drained before closing, at most this
+# many at once and for this long (beyond that they are simply closed).
+_MAX_LINGERING = 32
+_LINGER_S = 1.0
 
 
 class Shutdown:
@@ -84,6 +88,7 @@ class HttpFront:
         self._context = WorkerContext(None)
         self.active = 0
         self.refused = 0
+        self._lingering = 0
         self._last_refusal_log = -math.inf
 
     async def serve(
@@ -119,17 +124,21 @@ class HttpFront:
                 await trio.sleep(_TRANSIENT_RETRY_S)
                 continue
             if self.active >= self._limit:
-                self._refuse(conn)
+                self._refuse(conn, connections)
                 continue
             self.active += 1
             connections.start_soon(self._handle, conn)
 
-    def _refuse(self, conn: socket.socket) -> None:
+    def _refuse(self, conn: socket.socket, connections: trio.Nursery) -> None:
         self.refused += 1
         with contextlib.suppress(OSError):
             conn.setblocking(False)
             conn.send(_REFUSAL)
-        conn.close()
+        if self._lingering < _MAX_LINGERING:
+            self._lingering += 1
+            connections.start_soon(self._linger_then_close, conn)
+        else:
+            conn.close()
         now = trio.current_time()
         if now - self._last_refusal_log >= _REFUSAL_LOG_EVERY_S:
             self._last_refusal_log = now
@@ -138,6 +147,21 @@ class HttpFront:
                 self.active,
                 self.refused,
             )
+
+    async def _linger_then_close(self, conn: socket.socket) -> None:
+        # Closing a socket with unread request bytes sends a reset, which can
+        # destroy the 503 before the client reads it: half-close, read what the
+        # client still sends for a moment, then close.
+        try:
+            with contextlib.suppress(OSError), trio.move_on_after(_LINGER_S):
+                conn.shutdown(socket.SHUT_WR)
+                while True:
+                    await trio.lowlevel.wait_readable(conn)
+                    if not conn.recv(65536):
+                        break
+        finally:
+            conn.close()
+            self._lingering -= 1
 
     async def _handle(self, conn: socket.socket) -> None:
         try:

@@ -152,6 +152,8 @@ class Pool:
         self._ever_ready = False
         self._boot_failures = [0] * settings.workers
         self._alive = 0
+        self._halted: str | None = None
+        self._slots_scope = trio.CancelScope()
         self.restarts = 0
 
     def drop_workers(self, worker_ids: set[str]) -> None:
@@ -180,20 +182,22 @@ class Pool:
         Raises:
             RunnerBootError: the runner could not be started or did not answer.
         """
-        async with trio.open_nursery() as nursery:
-            try:
+        ready: Ready | None = None
+        try:
+            async with trio.open_nursery() as nursery:
                 runner = await self._start_runner(nursery)
-            except OSError as exc:
-                raise RunnerBootError(f"cannot start a runner process: {exc}") from None
-            try:
-                with trio.fail_after(max(self.settings.boot_timeout_s, 300)):
-                    ready = await runner.handshake(self._configure(prepare=True))
-            except (RunnerLost, trio.TooSlowError):
-                runner.kill()
-                await runner.wait_exit()
-                raise RunnerBootError(f"the compile step failed: {runner.boot_error()}") from None
-            runner.close_stdin()
+                try:
+                    with trio.fail_after(max(self.settings.boot_timeout_s, 300)):
+                        ready = await runner.handshake(self._configure(prepare=True))
+                except (RunnerLost, trio.TooSlowError):
+                    runner.kill()
+                runner.close_stdin()
+        except OSError as exc:
+            raise RunnerBootError(f"cannot start a runner process: {exc}") from None
         shutil.rmtree(self._scratch_dir / str(runner.pid), ignore_errors=True)
+        if ready is None:
+            # Raised out here, not in the nursery: callers get one plain error.
+            raise RunnerBootError(f"the compile step failed: {runner.boot_error()}")
         return ready.load_errors
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -204,10 +208,14 @@ class Pool:
             RunnerBootError: no runner ever booted (see the module docstring).
         """
         async with trio.open_nursery() as nursery:
+            self._slots_scope = nursery.cancel_scope
             for index in range(self.settings.workers):
                 nursery.start_soon(self._slot, index)
             await self._all_ready.wait()
             task_status.started()
+        if self._halted is not None:
+            # Raised out here, not from a slot: callers get one plain error.
+            raise RunnerBootError(self._halted)
 
     def close(self) -> None:
         """Stop leasing runners; idle ones are retired now, busy ones when their request ends."""
@@ -377,7 +385,9 @@ class Pool:
                 # Startup waits while no runner has ever booted: either one
                 # does, or the pool halts with the runner's own words.
                 if min(self._boot_failures) >= HALT_AFTER_BOOT_FAILURES:
-                    raise RunnerBootError(self._last_boot_error)
+                    self._halted = self._last_boot_error
+                    self._slots_scope.cancel()
+                    return
             else:
                 announce_ready()
             if reason is Retired.CLOSED:

@@ -35,7 +35,7 @@ _PIPE_SIZE = 1 << 20
 # How long a runner asked to exit (EOF on its stdin) gets before SIGKILL.
 _EXIT_GRACE_S = 2.0
 # Lines of a runner's own stderr kept to explain a boot failure.
-_STDERR_TAIL_LINES = 5
+_STDERR_TAIL_LINES = 10
 _MAX_STDERR_LINE = 2000
 
 
@@ -96,6 +96,7 @@ class RunnerHandle:
         self._released = False
         self._exited = trio.Event()
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
+        self._in_backtrace = False
         self.requests_served = 0
         self._ps: psutil.Process | None = None
 
@@ -240,16 +241,34 @@ class RunnerHandle:
 
     def _log_line(self, raw: bytes) -> None:
         text = raw[:_MAX_STDERR_LINE].decode("utf-8", "replace").rstrip()
-        if text:
-            self.stderr_tail.append(text)
-            runner_log.warning("%s", text)
+        if not text:
+            return
+        # A Rust panic's stack backtrace says nothing to an operator: it goes
+        # to the debug log; the panic message itself stays visible.
+        if text.startswith("stack backtrace:"):
+            self._in_backtrace = True
+        elif self._in_backtrace and not text.startswith((" ", "note:")):
+            self._in_backtrace = False
+        if self._in_backtrace or text.startswith("note: "):
+            runner_log.debug("%s", text)
+            return
+        self.stderr_tail.append(text)
+        runner_log.warning("%s", text)
 
     def boot_error(self) -> str:
-        """The runner's own last words, for a one-line boot failure message."""
-        for line in reversed(self.stderr_tail):
-            if line.strip() and not line.startswith(("Traceback", "  ")):
-                return line.strip()
-        return describe_exit(self.returncode)
+        """The runner's own last words, for a one-line boot failure message:
+        a Rust panic's message and causes, else its last error line."""
+        lines = [line.strip() for line in self.stderr_tail if line.strip()]
+        for index, line in enumerate(lines):
+            if "panicked at" in line:
+                # The panic message, then numbered causes ("0: ...", "1: ...").
+                detail = [lines[index + 1]] if index + 1 < len(lines) else []
+                detail += [c.split(":", 1)[1].strip() for c in lines[index + 2 :] if c[:1].isdigit()]
+                return "; ".join(detail) or line
+        for line in reversed(lines):
+            if "error" in line.lower() and not line.startswith(("Traceback", "File ")):
+                return line
+        return lines[-1] if lines else describe_exit(self.returncode)
 
     def release(self) -> None:
         """Close our ends of the pipes (the runner has been reaped). A task

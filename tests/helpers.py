@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -25,11 +27,21 @@ TEST_PROJECT = Path(__file__).resolve().parent / "project"
 _START = re.compile(r"Start serving requests at http://([^\s:]+|\[[^\]]+\]):(\d+)")
 
 
+def _set_rlimits(rlimits: dict[int, tuple[int, int]]) -> None:
+    for which, limit in rlimits.items():
+        resource.setrlimit(which, limit)
+
+
 class ServerProcess:
     """``python -m supervisor`` in its own session, its output collected by threads."""
 
     def __init__(
-        self, project: Path, args: Sequence[str], cache_dir: Path, env: dict[str, str] | None = None
+        self,
+        project: Path,
+        args: Sequence[str],
+        cache_dir: Path,
+        env: dict[str, str] | None = None,
+        rlimits: dict[int, tuple[int, int]] | None = None,
     ):
         cmd = [
             sys.executable,
@@ -49,6 +61,7 @@ class ServerProcess:
             start_new_session=True,
             env={**os.environ, **(env or {})},
             cwd=REPO,
+            preexec_fn=functools.partial(_set_rlimits, rlimits) if rlimits else None,
         )
         self.stdout_lines: list[str] = []
         self.stderr_lines: list[str] = []
@@ -195,9 +208,11 @@ def _chunks(data: bytes) -> Iterator[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def serving(project: Path, args: Sequence[str], cache_dir: Path) -> AsyncIterator[ServerProcess]:
+async def serving(
+    project: Path, args: Sequence[str], cache_dir: Path, rlimits: dict[int, tuple[int, int]] | None = None
+) -> AsyncIterator[ServerProcess]:
     """A server for one test: ready (port known) on entry, stopped on exit."""
-    server = ServerProcess(project, args, cache_dir)
+    server = ServerProcess(project, args, cache_dir, rlimits=rlimits)
     try:
         await trio.to_thread.run_sync(server.wait_ready)
         yield server
