@@ -51,6 +51,8 @@ class FailureKind(enum.StrEnum):
     RUNNER_DIED = "runner-died"
     OVERLOADED = "overloaded"
     BODY_TOO_LARGE = "body-too-large"
+    # The client did not send its whole body within --body-timeout-ms.
+    BODY_TIMEOUT = "body-timeout"
     INTERNAL = "internal"
 
 

@@ -51,6 +51,7 @@ FAILURE_STATUS: dict[FailureKind, int] = {
     FailureKind.RUNNER_DIED: 502,
     FailureKind.OVERLOADED: 503,
     FailureKind.BODY_TOO_LARGE: 413,
+    FailureKind.BODY_TIMEOUT: 408,
 }
 FAILURE_BODY = b"<p>There was an error running this function</p>"
 _FAILURE_BODIES = {
@@ -59,7 +60,12 @@ _FAILURE_BODIES = {
     FailureKind.MEMORY_LIMIT: b"<p>The function ran out of memory</p>",
     FailureKind.OVERLOADED: b"<p>The server is busy, please retry shortly</p>",
     FailureKind.BODY_TOO_LARGE: b"<p>The request body is too large</p>",
+    FailureKind.BODY_TIMEOUT: b"<p>The request body did not arrive in time</p>",
 }
+# The connection cannot be trusted after these: close it once answered.
+_CLOSE_AFTER = {FailureKind.BODY_TOO_LARGE, FailureKind.BODY_TIMEOUT}
+# Statuses whose responses never carry a body or a content-length (RFC 9110 8.6).
+_BODILESS_STATUSES = {204, 304}
 _STATIC_CHUNK = 256 << 10
 
 
@@ -94,6 +100,19 @@ class WorkerApp:
             return
         if scope["type"] != "http":
             return  # websockets are not served
+        if _has_both_framings(scope["headers"]):
+            # RFC 9112 6.1: a request framed both ways is a smuggling attempt
+            # behind a proxy; refuse it and close the connection.
+            log.warning(
+                "%s %s: 400, both Content-Length and Transfer-Encoding", scope["method"], scope["path"]
+            )
+            await _plain(
+                send,
+                400,
+                b"Bad request: both Content-Length and Transfer-Encoding\n",
+                [(b"connection", b"close")],
+            )
+            return
         raw = scope.get("raw_path") or scope["path"].encode()
         path = normalize_request_path(decode_unreserved(raw.split(b"?", 1)[0]))
         resolved = self._routes.resolve(path)
@@ -142,8 +161,10 @@ class WorkerApp:
     async def _run_worker(
         self, scope: Scope, receive: Receive, send: Send, route: Route, params: dict[str, str], path: str
     ) -> None:
+        body: bytes | None = None
         try:
-            body = await _read_body(scope, receive, self._config.max_body_bytes)
+            with trio.move_on_after(self._config.body_timeout_s):
+                body = await _read_body(scope, receive, self._config.max_body_bytes)
         except _BodyTooLarge:
             log.warning(
                 "%s %s: request body over %d bytes refused",
@@ -152,6 +173,15 @@ class WorkerApp:
                 self._config.max_body_bytes,
             )
             await _send_failure(send, FailureKind.BODY_TOO_LARGE)
+            return
+        if body is None:
+            log.warning(
+                "%s %s: 408, the body did not arrive within %.1f s",
+                scope["method"],
+                path,
+                self._config.body_timeout_s,
+            )
+            await _send_failure(send, FailureKind.BODY_TIMEOUT)
             return
         worker_id = route.worker.relative
         if worker_id in self._broken:
@@ -261,6 +291,11 @@ def _full_url(scope: Scope) -> str:
     return f"{url}?{query}" if query else url
 
 
+def _has_both_framings(headers: list[tuple[bytes, bytes]]) -> bool:
+    names = {name.lower() for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     has_body = False
     for name, value in scope["headers"]:
@@ -294,16 +329,22 @@ async def _send_reply(send: Send, reply: Reply) -> None:
         for name, value in reply.headers
         if name.lower() not in ("content-length", "transfer-encoding", "connection")
     ]
-    # Our own length: a worker's framing headers could desynchronise the connection.
-    headers.append((b"content-length", str(len(reply.body)).encode()))
+    body = reply.body
+    if reply.status in _BODILESS_STATUSES or reply.status < 200:
+        body = b""  # these statuses carry no body, and so no length either
+    else:
+        # Our own length: a worker's framing headers could desynchronise the connection.
+        headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": reply.body})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_failure(send: Send, kind: FailureKind) -> None:
     extra = [(b"x-wws-failure", kind.value.encode())]
     if kind is FailureKind.OVERLOADED:
         extra.append((b"retry-after", b"1"))
+    if kind in _CLOSE_AFTER:
+        extra.append((b"connection", b"close"))
     await _plain(send, FAILURE_STATUS[kind], _FAILURE_BODIES.get(kind, FAILURE_BODY), extra, b"text/html")
 
 
