@@ -90,21 +90,35 @@ def info(directory: Path) -> CacheInfo:
     )
 
 
-def prune(directory: Path, max_bytes: int, *, keep_since: float, forget_missing: bool = False) -> list[Path]:
+def prune(
+    directory: Path,
+    max_bytes: int,
+    *,
+    keep_since: float,
+    forget_missing: bool = False,
+    orphan_age_s: float = ORPHAN_AGE_S,
+) -> list[Path]:
     """Delete what is not worth keeping; returns the deleted files.
 
-    * with ``forget_missing``: records of worker files that no longer exist;
-    * entries no record names, once older than :data:`ORPHAN_AGE_S`;
+    * with ``forget_missing``: records of worker files that no longer exist,
+      and the entries only they named;
+    * entries no record names, once older than ``orphan_age_s``;
     * then least recently used entries (never one used at or after
       ``keep_since``) until the cache is under ``max_bytes``.
     """
     removed: list[Path] = []
     now = time.time()
+    forgotten: set[str] = set()
     if forget_missing:
         for record, document in _records(directory):
             if not Path(str(document.get("source", ""))).exists() and _unlink(record):
                 removed.append(record)
+                forgotten |= _listed(document)
     named = _named_files(directory)
+    for name in sorted(forgotten - named):
+        path = Path(name)
+        if path.parent == directory and _unlink(path):
+            removed.append(path)
     groups: dict[str, list[tuple[Path, int, float]]] = {}
     for path, size, mtime in _entry_files(directory):
         if path.name.startswith(_TEMP_PREFIX):
@@ -113,7 +127,7 @@ def prune(directory: Path, max_bytes: int, *, keep_since: float, forget_missing:
             continue
         if _kind(path) == "record":
             continue
-        if str(path) not in named and now - mtime > ORPHAN_AGE_S and mtime < keep_since:
+        if str(path) not in named and now - mtime >= orphan_age_s and mtime < keep_since:
             if _unlink(path):
                 removed.append(path)
             continue

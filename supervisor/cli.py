@@ -26,6 +26,8 @@ examples:
   wws-supervisor . -p 0                    pick a free port (printed at startup)
   wws-supervisor site --prefix /app        mount every route under /app
   wws-supervisor . --timeout-ms 500 --memory-mb 32 --workers 4
+  wws-supervisor cache info                what the compiled-module cache holds
+  wws-supervisor cache prune [--all]       drop entries no worker uses any more
 
 failure statuses: 500 trap, bad output or memory limit; 502 runner died;
 503 overloaded (with Retry-After); 504 fuel or time limit; 413 body too large.
@@ -159,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, default=None, help=f"compiled-module cache (default: {default_cache_dir()})"
     )
     ops.add_argument(
+        "--cache-max-mb",
+        type=_positive,
+        default=512,
+        help="cache size cap; least recently used entries go first (default: %(default)s)",
+    )
+    ops.add_argument(
         "--kv",
         default="memory://",
         metavar="URL",
@@ -196,6 +204,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections=args.max_connections or default_max_connections(args.workers),
         graceful_timeout_s=args.graceful_timeout,
         cache_dir=args.cache_dir or default_cache_dir(),
+        cache_max_mb=args.cache_max_mb,
         log_level=args.log_level,
         access_log=args.access_log,
         kv_url=args.kv,
@@ -203,6 +212,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cache"]:  # `wws-supervisor cache info|prune` (serve a folder named cache as ./cache)
+        from supervisor.cache_admin import main as cache_main
+
+        return cache_main(argv[1:])
     args = build_parser().parse_args(argv)
     config = config_from_args(args)
     logging.basicConfig(

@@ -54,6 +54,8 @@ class ServerConfig:
     max_connections: int = dataclasses.field(default_factory=lambda: default_max_connections())
     graceful_timeout_s: float = 10.0
     cache_dir: Path = dataclasses.field(default_factory=lambda: default_cache_dir())
+    # Least recently used cache entries go past this (runner.cache_hygiene).
+    cache_max_mb: int = 512
     log_level: str = "info"
     access_log: bool = False
     kv_url: str = "memory://"

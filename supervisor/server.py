@@ -27,6 +27,8 @@ import trio
 
 from ipc.messages import HttpPolicy, Mount, WorkerSpec
 from supervisor.asgi import WorkerApp
+from supervisor.cache_admin import prune_after_start
+from supervisor.compile_progress import with_progress
 from supervisor.config import ServerConfig
 from supervisor.discovery import WorkerFile, discover
 from supervisor.http_front import HttpFront, Shutdown
@@ -118,7 +120,7 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
         print(f"⏳ Loading workers from {len(routes.routes)} routes...", file=out)
         specs = [_spec(w, settings[w.relative]) for w in workers]
         pool = Pool(config.pool, specs, config.cache_dir, scratch)
-        broken = await _compile(pool, workers, project_arg, out)
+        broken = await _compile(pool, workers, project_arg, out, config)
         public_dir = project / "public"
         public = PublicFolder(public_dir) if public_dir.is_dir() else None
         app = WorkerApp(config, routes, public, pool, settings, broken, kv)
@@ -152,16 +154,21 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
             raise StartupError(f"no runner can start: {group.exceptions[0]}") from None
 
 
-async def _compile(pool: Pool, workers: list[WorkerFile], project_arg: str, out: TextIO) -> set[str]:
-    """Compile every worker once; returns the scripts that failed to load.
+async def _compile(
+    pool: Pool, workers: list[WorkerFile], project_arg: str, out: TextIO, config: ServerConfig
+) -> set[str]:
+    """Compile every worker once (with progress lines when that takes a
+    while), then prune the cache; returns the scripts that failed to load.
 
     Raises:
         StartupError: a compiled worker cannot be loaded.
     """
+    since = time.time()
     try:
-        errors = await pool.prepare()
-    except RunnerBootError as exc:
-        raise StartupError(str(exc)) from None
+        errors = await with_progress(pool.prepare, config.cache_dir, workers, out)
+    except* RunnerBootError as group:
+        raise StartupError(str(group.exceptions[0])) from None
+    prune_after_start(config.cache_dir, config.cache_max_mb, since)
     kinds = {w.relative: w.kind for w in workers}
     fatal = {worker_id: reason for worker_id, reason in errors.items() if kinds[worker_id] != "js"}
     if fatal:
