@@ -14,7 +14,7 @@ from tests.helpers import REPO
 def _tool(name: str) -> list[str]:
     if shutil.which(name, path=str(REPO / ".venv" / "bin")) or shutil.which(name):
         return [sys.executable, "-m", name]
-    pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    pytest.fail(f"{name} is not installed: run `bash tests/run` (it installs the test extras)")
 
 
 def test_mypy_strict() -> None:
