@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 # Backoff before attempt n+1: uniform in [0, min(_BACKOFF_CAP_S, _BACKOFF_FIRST_S * 2**(n-1))].
-_BACKOFF_FIRST_S = 0.004
-_BACKOFF_CAP_S = 0.1
+_BACKOFF_FIRST_S = 0.01
+_BACKOFF_CAP_S = 0.2
 
 Submit = Callable[[Invoke], Awaitable[Reply | Failure]]
 BuildInvoke = Callable[[dict[str, str]], Invoke]
