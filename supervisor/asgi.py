@@ -341,7 +341,7 @@ async def _send_reply(send: Send, reply: Reply) -> None:
 
 async def _send_failure(send: Send, kind: FailureKind) -> None:
     extra = [(b"x-wws-failure", kind.value.encode())]
-    if kind is FailureKind.OVERLOADED:
+    if kind in (FailureKind.OVERLOADED, FailureKind.KV_CONTENDED):
         extra.append((b"retry-after", b"1"))
     if kind in _CLOSE_AFTER:
         extra.append((b"connection", b"close"))
