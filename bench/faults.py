@@ -38,7 +38,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fault_classes import CLASSES, Ctx, FaultClass
-from bench.probe import REPO, WORKERS, PacedClient, Sample, lives, start_server, wait_pool_full
+from bench.probe import REPO, WORKERS, PacedClient, Sample, lives, restart, start_server, wait_pool_full
 
 _MIN_WATCH_S = 1.0
 _EXPLAIN = (
@@ -73,7 +73,7 @@ async def run_class(ctx: Ctx, fault: FaultClass, rounds: int) -> dict[str, Any]:
             result["survived"] = False
             outcome.problems.append(f"the server exited with {ctx.server.proc.returncode}")
             result["log"] += ctx.server.lines[mark:]
-            ctx.server = await start_server(ctx.cache_dir, ctx.log)
+            ctx.server = await restart(ctx.server)
             mark = 0
         replaced = len(before - after) if fault.server != "killed" else None
         result["rounds"].append({**dataclasses.asdict(outcome), "pool_full_s": full, "replaced": replaced})
@@ -217,9 +217,11 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
     dirty = git("status", "--porcelain", "--", "supervisor", "runner", "ipc")
+    # A copy of the tree without .git (to measure one commit while others edit) names it itself.
+    commit = os.environ.get("WWS_BENCH_COMMIT") or git("rev-parse", "--short", "HEAD")
     return {
         "command": "python bench/faults.py " + " ".join(sys.argv[1:]),
-        "commit": git("rev-parse", "--short", "HEAD") + (" plus uncommitted changes" if dirty else ""),
+        "commit": commit + (" plus uncommitted changes" if dirty else ""),
         "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "rounds": args.rounds,

@@ -52,13 +52,14 @@ class Server:
         )
         self.lines: list[str] = []
         self.port = 0
+        self.cache_dir, self.nofile, self.extra = cache_dir, nofile, extra
         self._ready = threading.Event()
-        self._log = log
+        self.log = log
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
         assert self.proc.stdout is not None
-        with self._log.open("a", encoding="utf-8") as sink:
+        with self.log.open("a", encoding="utf-8") as sink:
             for raw in iter(self.proc.stdout.readline, b""):
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 self.lines.append(line)
@@ -70,7 +71,7 @@ class Server:
 
     def wait_ready(self, wait_s: float = 300) -> None:
         if not self._ready.wait(wait_s) or not self.port:
-            raise RuntimeError(f"the server did not start; see {self._log}")
+            raise RuntimeError(f"the server did not start; see {self.log}")
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -102,6 +103,11 @@ async def start_server(cache_dir: Path, log: Path, nofile: int | None = None, *e
     server = Server(cache_dir, log, nofile, *extra)
     await trio.to_thread.run_sync(server.wait_ready)
     return server
+
+
+async def restart(server: Server) -> Server:
+    """A new server started as ``server`` was (it must be gone already)."""
+    return await start_server(server.cache_dir, server.log, server.nofile, *server.extra)
 
 
 def runner_state(process: psutil.Process) -> str:
@@ -164,6 +170,8 @@ async def exchange(port: int, raw: bytes, wait_s: float = 30) -> tuple[int, str,
     except (OSError, trio.BrokenResourceError) as exc:
         if not data:  # a reset after a complete response still counts as the response
             return 0, type(exc).__name__, b""
+    if not data:
+        return 0, "closed-without-response", b""
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     try:

@@ -179,7 +179,7 @@ def _meta(args: argparse.Namespace, interval: float, log: Path) -> dict[str, Any
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return {
         "command": "python bench/soak.py " + " ".join(sys.argv[1:]),
-        "commit": commit.stdout.strip(),
+        "commit": os.environ.get("WWS_BENCH_COMMIT") or commit.stdout.strip(),
         "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "minutes": args.minutes,
