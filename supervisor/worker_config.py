@@ -18,6 +18,8 @@ from supervisor.config import Limits
 
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
+# Limits travel in every Invoke frame as signed 64-bit integers (msgpack).
+_WIRE_MAX = 2**63 - 1
 
 
 class WorkerConfigError(Exception):
@@ -93,12 +95,14 @@ class _Reader:
             raise self.fail(key, f"{dotted} must be a string")
         return value
 
-    def positive(self, table: dict[str, Any], key: str, dotted: str) -> int | None:
+    def positive(self, table: dict[str, Any], key: str, dotted: str, maximum: int = _WIRE_MAX) -> int | None:
         value = table.get(key)
         if value is None:
             return None
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise self.fail(key, f"{dotted} must be a whole number greater than 0")
+        if value > maximum:
+            raise self.fail(key, f"{dotted} must be at most {maximum}")
         return value
 
     def strings(self, table: dict[str, Any], key: str, dotted: str) -> tuple[str, ...] | None:
@@ -169,7 +173,8 @@ def load_worker_config(worker: Path, project: Path, defaults: Limits) -> WorkerC
     )
     limits = Limits(
         fuel=reader.positive(limits_table, "fuel", "limits.fuel") or defaults.fuel,
-        memory_mb=reader.positive(limits_table, "memory_mb", "limits.memory_mb") or defaults.memory_mb,
+        memory_mb=reader.positive(limits_table, "memory_mb", "limits.memory_mb", _WIRE_MAX >> 20)
+        or defaults.memory_mb,
         timeout_ms=reader.positive(limits_table, "timeout_ms", "limits.timeout_ms") or defaults.timeout_ms,
     )
     return WorkerConfig(
@@ -192,7 +197,7 @@ def load_worker_config(worker: Path, project: Path, defaults: Limits) -> WorkerC
 def _variables(reader: _Reader, table: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in table.items():
-        if not _VAR_NAME.match(key):
+        if not _VAR_NAME.fullmatch(key):
             raise reader.fail(key, f"vars.{key} is not a valid variable name (letters, digits, _)")
         if not isinstance(value, str):
             raise reader.fail(key, f"vars.{key} must be a string")
@@ -219,7 +224,12 @@ def _folders(reader: _Reader, raw: Any, worker_dir: Path, project: Path) -> tupl
         writable = entry.get("writable", False)
         if not isinstance(writable, bool):
             raise reader.fail("writable", "folders.writable must be true or false")
-        resolved = (worker_dir / source.replace("\\", "/")).resolve()
+        if "\x00" in source or "\x00" in guest:
+            raise reader.fail("from", "folders.from and folders.to must not contain NUL characters")
+        try:
+            resolved = (worker_dir / source.replace("\\", "/")).resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            raise reader.fail("from", f"folder {source!r} cannot be resolved: {exc}") from None
         if resolved != root and root not in resolved.parents:
             raise reader.fail("from", f"folder {source!r} is outside the project")
         if not resolved.is_dir():
