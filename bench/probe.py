@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import re
 import resource
@@ -77,7 +78,7 @@ class Server:
         return self.proc.poll() is None
 
     def runners(self) -> list[psutil.Process]:
-        """The server's runner children (``python -I -m runner``)."""
+        """The server's runner children (``python -I -m runner ...``)."""
         try:
             children = psutil.Process(self.proc.pid).children()
         except psutil.Error:
@@ -85,7 +86,7 @@ class Server:
         found = []
         for child in children:
             with contextlib.suppress(psutil.Error):
-                if child.cmdline()[-1:] == ["runner"]:
+                if _is_runner(child.cmdline()):
                     found.append(child)
         return found
 
@@ -97,6 +98,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
+
+
+def _is_runner(cmdline: list[str]) -> bool:
+    return any(a == "-m" and b == "runner" for a, b in itertools.pairwise(cmdline))
 
 
 async def start_server(cache_dir: Path, log: Path, nofile: int | None = None, *extra: str) -> Server:
