@@ -106,6 +106,13 @@ class WorkerApp:
             log.warning(
                 "%s %s: 400, both Content-Length and Transfer-Encoding", scope["method"], scope["path"]
             )
+            # Read what the client sent first (bounded): closing over unread
+            # bytes resets the connection, and the client could lose the 400.
+            with (
+                contextlib.suppress(_BodyTooLarge),
+                trio.move_on_after(min(1.0, self._config.body_timeout_s)),
+            ):
+                await _read_body(scope, receive, self._config.max_body_bytes)
             await _plain(
                 send,
                 400,

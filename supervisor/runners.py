@@ -1,13 +1,7 @@
 """One runner process as the supervisor sees it: spawn, handshake, one call at
-a time, kill, reap.
-
-Runners are spawned from the event loop's own thread, never from a worker
-thread: the runner asks the kernel to SIGKILL it when the thread that forked it
-exits (``PR_SET_PDEATHSIG``), and trio's worker threads come and go. Spawned
-from the main thread, a runner dies exactly when its supervisor does, even if it
-is stuck in a host call or stopped. The process is owned by a task in the
-caller's nursery (:func:`start_runner`), which kills and reaps it however that
-task ends.
+a time, kill, reap. The process is owned by a task in the caller's nursery
+(:func:`start_runner`, through ``supervisor.children``), which stops and reaps
+it however that task ends; the runner itself dies with the supervisor.
 """
 
 from __future__ import annotations
@@ -15,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -26,14 +21,13 @@ import trio
 
 from ipc.codec import FrameDecoder, ProtocolError, encode
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Message, Ready, Reply
+from supervisor.children import Child, own
 
 log = logging.getLogger(__name__)
 runner_log = logging.getLogger("runner")
 _READ_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
-# How long a runner asked to exit (EOF on its stdin) gets before SIGKILL.
-_EXIT_GRACE_S = 2.0
 # Lines of a runner's own stderr kept to explain a boot failure.
 _STDERR_TAIL_LINES = 10
 _MAX_STDERR_LINE = 2000
@@ -75,6 +69,7 @@ class RunnerHandle:
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         assert popen.stdin is not None and popen.stdout is not None and popen.stderr is not None
         self._popen = popen
+        self.child = Child(popen)
         self.pid = popen.pid
         # The supervisor talks to the runner on raw non-blocking descriptors;
         # the file objects only own them (and close them in _release).
@@ -87,14 +82,10 @@ class RunnerHandle:
             # Bigger pipes roughly halve the round trip for large bodies.
             with contextlib.suppress(OSError):
                 fcntl.fcntl(fd, _F_SETPIPE_SZ, _PIPE_SIZE)
-        self._pidfd: int | None = None
-        with contextlib.suppress(OSError):  # a kernel without pidfds: poll instead
-            self._pidfd = os.pidfd_open(self.pid)
         self._decoder = FrameDecoder()
         self._pending: list[Message] = []
         self._stdin_open = True
         self._released = False
-        self._exited = trio.Event()
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL_LINES)
         self._in_backtrace = False
         self.requests_served = 0
@@ -102,7 +93,7 @@ class RunnerHandle:
 
     @property
     def returncode(self) -> int | None:
-        return self._popen.returncode
+        return self.child.returncode
 
     async def _receive(self) -> Message:
         # Straight on the descriptor: the reply is never there yet when we
@@ -173,7 +164,7 @@ class RunnerHandle:
             self.requests_served += 1
             return reply
         self.kill()
-        raise RunnerLost(FailureKind.TIMEOUT, "no answer before the deadline; runner killed")
+        raise RunnerLost(FailureKind.TIMEOUT, "no answer within the request's deadline; runner killed")
 
     def rss_bytes(self) -> int:
         # The runner may be gone at any moment: every look at it expects that.
@@ -185,9 +176,7 @@ class RunnerHandle:
             return 0
 
     def kill(self) -> None:
-        if self._popen.returncode is None:
-            with contextlib.suppress(OSError):
-                self._popen.kill()
+        self.child.kill()
 
     def close_stdin(self) -> None:
         """Ask the runner to exit: it sees EOF on its stdin."""
@@ -201,17 +190,7 @@ class RunnerHandle:
     async def wait_exit(self) -> int:
         """Wait until the runner has exited, been reaped and its last stderr
         lines relayed; returns its exit status."""
-        await self._exited.wait()
-        assert self._popen.returncode is not None
-        return self._popen.returncode
-
-    async def _reap(self) -> None:
-        # Only the owner task reaps (one waiter per pidfd); others use wait_exit.
-        while self._popen.poll() is None:
-            if self._pidfd is not None:
-                await trio.lowlevel.wait_readable(self._pidfd)
-            else:
-                await trio.sleep(0.05)  # no pidfd on this kernel: poll
+        return await self.child.wait_exit()
 
     async def relay_stderr(self) -> None:
         """Copy the runner's own stderr (its log lines) into our log, keeping
@@ -274,16 +253,16 @@ class RunnerHandle:
         """Close our ends of the pipes (the runner has been reaped). A task
         still waiting on one gets ClosedResourceError, and nothing uses the
         descriptor numbers afterwards, since the kernel may reuse them."""
+        if self._released:
+            return
         self._released = True
-        for fd in (self._in_fd, self._out_fd, self._err_fd):
+        self.close_stdin()
+        for fd in (self._out_fd, self._err_fd):
             trio.lowlevel.notify_closing(fd)
-        for stream in (self._popen.stdin, self._popen.stdout, self._popen.stderr):
+        for stream in (self._popen.stdout, self._popen.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
 
 
 def _spawn() -> RunnerHandle:
@@ -299,33 +278,6 @@ def _spawn() -> RunnerHandle:
     return RunnerHandle(popen)
 
 
-async def _own_runner(task_status: trio.TaskStatus[RunnerHandle]) -> None:
-    # Blocking, but short (vfork + exec): spawning from this thread is what
-    # ties the runner's life to ours (see the module docstring).
-    handle = _spawn()
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(handle.relay_stderr)
-            task_status.started(handle)
-            await handle._reap()
-    finally:
-        with trio.CancelScope(shield=True):
-            await _stop(handle)
-            handle.release()
-            handle._exited.set()
-
-
-async def _stop(handle: RunnerHandle) -> None:
-    # Closing stdin asks an idle runner to finish; one stuck in wasm or in a
-    # host call never reads it, so it gets SIGKILL after a short grace.
-    if handle.returncode is None:
-        handle.close_stdin()
-        with trio.move_on_after(_EXIT_GRACE_S):
-            await handle._reap()
-        handle.kill()
-    await handle._reap()
-
-
 async def start_runner(nursery: trio.Nursery) -> RunnerHandle:
     """Spawn ``python -m runner``, owned by a task in ``nursery``: when that
     task is cancelled (or the runner exits), the runner is stopped and reaped.
@@ -334,5 +286,21 @@ async def start_runner(nursery: trio.Nursery) -> RunnerHandle:
         OSError: the process or its pipes could not be created (for example,
             out of file descriptors).
     """
-    handle: RunnerHandle = await nursery.start(_own_runner)
+    # Blocking, but short (vfork + exec); see supervisor.children for why the
+    # spawn happens on this thread.
+    handle = _spawn()
+    try:
+        await nursery.start(
+            functools.partial(
+                own,
+                handle.child,
+                ask_to_exit=handle.close_stdin,
+                beside=handle.relay_stderr,
+                release=handle.release,
+            )
+        )
+    except BaseException:
+        handle.kill()
+        handle.release()
+        raise
     return handle

@@ -181,7 +181,9 @@ async def test_no_zombies_or_fd_leaks_after_kills_and_timeouts(cache_dir: Path) 
             mark = len(server.stderr_lines)
             victim.kill()
             victim.wait(5)
-            await _wait_log(server, r"runner (\d+) ready in slot", start=mark)
+            # Its own slot restarts it (after a short backoff: it died on its own).
+            slot = await _wait_log(server, rf"runner slot (\d+): restarting in", start=mark)
+            await _wait_log(server, rf"runner (\d+) ready in slot {slot}", start=mark)
         for _ in range(4):
             assert (await http(port, "GET", "/hello")).status == 201
         children = supervisor.children()
