@@ -17,10 +17,11 @@ from pathlib import Path
 
 import wasmtime
 
-from ipc.messages import HttpPolicy, Invoke, Reply, WorkerSpec
+from ipc.messages import HttpPolicy, Invoke, Reply, WorkerSpec, default_engine_settings
 from runner import http_import
+from runner.engine import make_engine, profile
 from runner.http_import import RequestContext
-from runner.modules import ModuleCache, load_worker, make_engine
+from runner.modules import ModuleCache, load_worker
 from runner.sandbox import Sandbox
 
 HELLO = Path(__file__).resolve().parent / "workers" / "hello.js"
@@ -29,13 +30,14 @@ NO_HTTP = HttpPolicy([], ["GET", "POST", "PUT", "PATCH", "DELETE"], False)
 
 
 def measure(worker: Path, requests: int) -> dict[str, float]:
-    engine = make_engine()
+    settings = default_engine_settings()
+    engine = make_engine(settings)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     context = RequestContext()
     http_import.define(linker, context)
     with tempfile.TemporaryDirectory() as scratch:
-        cache = ModuleCache(engine, str(Path(scratch) / "cache"))
+        cache = ModuleCache(engine, str(Path(scratch) / "cache"), profile(settings))
         spec = WorkerSpec(worker.name, str(worker), "js", {}, [], NO_HTTP)
         loaded = load_worker(spec, cache, linker, write=True)
         sandbox = Sandbox(engine, {worker.name: loaded}, 10, scratch, context)

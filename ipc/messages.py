@@ -89,6 +89,24 @@ class WorkerSpec:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class EngineSettings:
+    """How the runner's engine allocates linear memories (``runner.engine``).
+    The supervisor plans it once, so every runner builds the same engine and
+    compiled modules load in all of them."""
+
+    mode: str  # "pooled", "pooled-bounded" or "on-demand"
+    memory_reservation: int
+    memory_guard_size: int
+    pool_slots: int  # memory slots; 0 on demand
+    max_memory_bytes: int
+
+
+def default_engine_settings() -> EngineSettings:
+    """The layout when nothing limits the address space: 4 GiB pooled slots."""
+    return EngineSettings("pooled", 4 << 30, 32 << 20, 8, 4 << 30)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Configure:
     TYPE: ClassVar[int] = 1
     request_id: int
@@ -102,6 +120,7 @@ class Configure:
     prepare: bool
     epoch_tick_ms: int
     max_output_bytes: int
+    engine: EngineSettings = dataclasses.field(default_factory=default_engine_settings)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -283,7 +302,7 @@ def from_wire(obj: Any) -> Message:
 
 
 # Build every converter now, so a bad annotation fails at import, not mid-request.
-for _cls in (Mount, HttpPolicy, WorkerSpec, *MESSAGE_TYPES.values()):
+for _cls in (Mount, HttpPolicy, WorkerSpec, EngineSettings, *MESSAGE_TYPES.values()):
     _field_converters(_cls)
 for _cls in MESSAGE_TYPES.values():
     _hints = typing.get_type_hints(_cls)

@@ -128,16 +128,20 @@ def _serve(channel: _Channel, config: Configure) -> int:
     import wasmtime
 
     from runner import http_import
-    from runner.modules import LoadError, ModuleCache, load_worker, make_engine
+    from runner.engine import EngineDoesNotFit, make_engine, profile
+    from runner.modules import LoadError, ModuleCache, load_worker
     from runner.sandbox import Sandbox
 
     http_context = http_import.RequestContext()
     try:
-        engine = make_engine()
+        engine = make_engine(config.engine)
         linker = wasmtime.Linker(engine)
         linker.define_wasi()
         http_import.define(linker, http_context)
-        cache = ModuleCache(engine, config.cache_dir)
+        cache = ModuleCache(engine, config.cache_dir, profile(config.engine))
+    except EngineDoesNotFit as exc:
+        log.error("boot failed: %s", exc)
+        return EXIT_BOOT_FAILED
     except Exception as exc:
         # One line: the supervisor relays it and quotes it if no runner can boot.
         log.debug("engine setup failed", exc_info=True)

@@ -26,48 +26,13 @@ from runner import cache_hygiene, jsengine, quickjs
 from runner.quickjs import JsProgram
 from runner.wasmffi import export_names
 
-# Bump when the engine settings below change: it is part of every cache key.
-ENGINE_PROFILE = "fuel+epoch+pooling/v2"
+# Bump when the engine settings change: it is part of every cache key, with
+# the memory layout (runner.engine.profile).
+ENGINE_PROFILE = "fuel+epoch/v3"
 
 
 class LoadError(Exception):
     """A worker cannot be loaded; the message is one line, fit for a user."""
-
-
-def make_engine() -> wasmtime.Engine:
-    config = wasmtime.Config()
-    config.consume_fuel = True
-    config.epoch_interruption = True
-    config.cranelift_opt_level = "speed"
-    _use_pooling_allocator(config)
-    return wasmtime.Engine(config)
-
-
-# A runner runs one request at a time, plus one instance while baking a script.
-_POOL_SLOTS = 8
-# Address space reserved per memory slot; the per-request memory limit is
-# enforced separately (Store.set_limits) and is always below this.
-_POOL_MAX_MEMORY = 4 << 30
-# Pages kept mapped between instances: a restored JavaScript snapshot then
-# starts without page faults (its first ~1 MiB is reset in place, not unmapped).
-_POOL_KEEP_RESIDENT = 1 << 20
-
-
-def _use_pooling_allocator(config: wasmtime.Config) -> None:
-    # Config has no pooling setter, but the C API does.
-    from wasmtime import _ffi as ffi
-
-    pooling = ffi.wasmtime_pooling_allocation_config_new()
-    try:
-        ffi.wasmtime_pooling_allocation_config_total_memories_set(pooling, _POOL_SLOTS)
-        ffi.wasmtime_pooling_allocation_config_total_tables_set(pooling, _POOL_SLOTS)
-        ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pooling, _POOL_SLOTS)
-        ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pooling, _POOL_MAX_MEMORY)
-        ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(pooling, _POOL_KEEP_RESIDENT)
-        ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pooling, 64 << 10)
-        ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pooling)
-    finally:
-        ffi.wasmtime_pooling_allocation_config_delete(pooling)
 
 
 def wasmtime_version() -> str:
@@ -102,17 +67,19 @@ def first_line(text: str) -> str:
 
 
 class ModuleCache:
-    def __init__(self, engine: wasmtime.Engine, cache_dir: str) -> None:
+    def __init__(self, engine: wasmtime.Engine, cache_dir: str, layout: str) -> None:
         self._engine = engine
         self._dir = Path(cache_dir)
         self._version = wasmtime_version()
+        # runner.engine.profile(): compiled code depends on the memory layout.
+        self._layout = layout
 
     @property
     def engine(self) -> wasmtime.Engine:
         return self._engine
 
     def path_for(self, key: str, suffix: str = ".cwasm") -> Path:
-        profile = hashlib.sha256(f"{self._version}|{ENGINE_PROFILE}".encode()).hexdigest()[:12]
+        profile = hashlib.sha256(f"{self._version}|{ENGINE_PROFILE}|{self._layout}".encode()).hexdigest()[:12]
         return self._dir / f"{key}-{profile}{suffix}"
 
     def load(self, wasm: bytes, *, write: bool) -> wasmtime.Module:

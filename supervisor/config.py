@@ -7,6 +7,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from ipc.messages import EngineSettings, default_engine_settings
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limits:
@@ -36,6 +38,8 @@ class PoolSettings:
     boot_timeout_s: float = 60.0
     max_output_bytes: int = 16 << 20
     epoch_tick_ms: int = 10
+    # The runners' memory layout, planned at startup (runner.engine.plan_engine).
+    engine: EngineSettings = dataclasses.field(default_factory=default_engine_settings)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -173,6 +173,7 @@ class Pool:
             prepare=prepare,
             epoch_tick_ms=self.settings.epoch_tick_ms,
             max_output_bytes=self.settings.max_output_bytes,
+            engine=self.settings.engine,
         )
 
     async def prepare(self) -> dict[str, str]:

@@ -11,6 +11,7 @@ runners. A second signal cuts the grace short; the clean-up still runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -26,6 +27,7 @@ import hypercorn.config
 import trio
 
 from ipc.messages import HttpPolicy, Mount, WorkerSpec
+from runner.engine import EngineDoesNotFit, plan_engine
 from supervisor.asgi import WorkerApp
 from supervisor.cache_admin import prune_after_start
 from supervisor.compile_progress import with_progress
@@ -105,6 +107,7 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
         raise StartupError(f"cannot read the project folder: {exc}") from None
     routes = RouteTable(workers, config.prefix)
     settings = _worker_settings(workers, project, config)
+    config = _plan_memory(config, settings, out)
     _check_cache_dir(config.cache_dir)
     with contextlib.ExitStack() as stack:
         sock = stack.enter_context(bind_socket(config.host, config.port))
@@ -183,6 +186,24 @@ async def _compile(
         log.error("worker %s cannot be loaded; its route answers 500: %s", worker_id, errors[worker_id])
     pool.drop_workers(broken)
     return broken
+
+
+def _plan_memory(config: ServerConfig, settings: dict[str, WorkerConfig], out: TextIO) -> ServerConfig:
+    """Choose the runners' memory layout for the largest memory limit and
+    say which one it is.
+
+    Raises:
+        StartupError: the address-space limit leaves no room for any layout.
+    """
+    largest = max([config.limits.memory_bytes, *(s.limits.memory_bytes for s in settings.values())])
+    try:
+        plan = plan_engine(largest, config.pool.workers)
+    except EngineDoesNotFit as exc:
+        raise StartupError(str(exc)) from None
+    print(f"⚙️  Wasm memory: {plan.summary}", file=out)
+    for warning in plan.warnings:
+        log.warning("%s", warning)
+    return dataclasses.replace(config, pool=dataclasses.replace(config.pool, engine=plan.settings))
 
 
 def _spec(worker: WorkerFile, settings: WorkerConfig) -> WorkerSpec:
