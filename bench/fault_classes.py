@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from bench.probe import Server, describe, exchange, get, lives, runner_state, start_server
+from bench.probe import Server, describe, exchange, get, lives, restart, runner_state
 
 
 @dataclasses.dataclass
@@ -297,7 +297,7 @@ async def kill_supervisor(ctx: Ctx) -> Round:
             while any(lives(pid) for pid in pids):  # noqa: ASYNC110
                 await trio.sleep(0.05)
     orphans = [pid for pid in pids if lives(pid)]
-    ctx.server = await start_server(ctx.cache_dir, ctx.log)
+    ctx.server = await restart(ctx.server)
     left = _remove_leftovers(folders)
     problems = []
     if orphans:
@@ -376,7 +376,8 @@ CLASSES = [
         "truncated",
         "garbage IPC frame (truncated frame)",
         garbage(b"\x00\x00\x00\x40garbage"),
-        "one request: the runner's next request completes the bad frame",
+        "one request: the runner waits for the rest of the frame (so the pool looks full); its next "
+        "request completes the bad frame and fails (502), and the runner is replaced",
         allowed=1,
     ),
     FaultClass("slow-headers", "slow headers (16 clients, 1 byte / 0.2 s)", slow_clients("headers"), _NONE),
