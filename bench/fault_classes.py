@@ -37,9 +37,7 @@ class Round:
 
 @dataclasses.dataclass
 class Ctx:
-    server: Server
-    cache_dir: Path
-    log: Path
+    server: Server  # the one the unrelated clients measure; replaced when restarted
     hold_s: float
     full_timeout_s: float
 

@@ -184,8 +184,6 @@ async def run_all(args: argparse.Namespace, selected: list[FaultClass]) -> tuple
     log = Path(tempfile.mkdtemp(prefix="wws-faults-")) / "server.log"
     ctx = Ctx(
         await start_server(args.cache_dir, log, None, *SERVER_ARGS),
-        args.cache_dir,
-        log,
         args.hold,
         args.full_timeout,
     )
