@@ -26,7 +26,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 
 class FailureKind(enum.StrEnum):
@@ -80,12 +80,20 @@ class WorkerSpec:
 
     worker_id: str
     path: str
-    kind: str  # "wasm", "wat" or "js"
+    kind: str  # "wasm", "wat", "js", "wagi" or "handle"
     # [vars] from the worker's TOML: WASI environment, or JS globals.
     variables: dict[str, str]
     # The first mount is WASI fd 3, which Zig workers use as their cwd.
     mounts: list[Mount]
     http: HttpPolicy
+    # Kinds "wagi" and "handle" (serverless-wasm; "wasm"/"wat" files that import
+    # env.response_set_body are run as one too). variables is then WAGI's
+    # environment, or the application's env table for db_get.
+    # Exports the worker's routes call: WAGI entrypoints, the handle function.
+    entrypoints: list[str] = dataclasses.field(default_factory=list)
+    argv: str = ""  # WAGI argv template ("" = path and query items)
+    max_outbound: int = 0  # WAGI http_max_concurrency: open responses (0 = no limit)
+    tcp_allowed: list[str] = dataclasses.field(default_factory=list)  # handle: host:port targets
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ import wasmtime
 
 from ipc.messages import WorkerSpec
 from runner import cache_hygiene, jsengine, quickjs
+from runner.executor import Executor
 from runner.quickjs import JsProgram
 from runner.wasmffi import export_names
 
@@ -44,9 +45,10 @@ def wasmtime_version() -> str:
 @dataclasses.dataclass(frozen=True, slots=True)
 class LoadedWorker:
     spec: WorkerSpec
-    instance_pre: wasmtime.InstancePre
+    instance_pre: wasmtime.InstancePre | None  # None when an executor runs it
     entry: str | None  # "_start" (command), "_initialize" (reactor) or None
     js: JsProgram | None = None  # set for JavaScript workers
+    executor: Executor | None = None  # WAGI and serverless-wasm (runner/contracts.py)
 
 
 def read_wasm(spec: WorkerSpec) -> bytes:
@@ -54,7 +56,7 @@ def read_wasm(spec: WorkerSpec) -> bytes:
         source = Path(spec.path).read_bytes()
     except OSError as exc:
         raise LoadError(f"cannot read the file: {exc.strerror}") from None
-    if spec.kind == "wat":
+    if spec.kind == "wat" or (spec.path.endswith(".wat") and spec.kind in ("wagi", "handle")):
         try:
             return bytes(wasmtime.wat2wasm(source.decode("utf-8", errors="replace")))
         except wasmtime.WasmtimeError as exc:
@@ -140,6 +142,11 @@ def load_worker(
     if write:  # the compile step records what each worker uses (cache hygiene)
         record = cache.path_for(cache_hygiene.record_key(spec.path), ".json")
         cache_hygiene.record_use(record, spec.path, [cache.path_for(hashlib.sha256(wasm).hexdigest())])
+    from runner.contracts import executor_for  # here: the contract modules import this one
+
+    executor = executor_for(spec, module, cache.engine)
+    if executor is not None:
+        return LoadedWorker(spec, None, None, executor=executor)
     exports = export_names(module)
     if "_start" in exports and "_initialize" in exports:
         raise LoadError("the module exports both _start and _initialize; it must be a command or a reactor")

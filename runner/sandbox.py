@@ -15,7 +15,9 @@ from collections.abc import Callable
 import wasmtime
 
 from ipc.messages import Failure, FailureKind, HttpPolicy, Invoke, Reply
+from runner import executor, failures
 from runner.epoch import EpochTicker
+from runner.executor import GuestFiles
 from runner.http_import import RequestContext
 from runner.kit import (
     DEFAULT_MAX_OUTPUT,
@@ -27,17 +29,11 @@ from runner.kit import (
     request_json,
     response_from,
 )
-from runner.modules import LoadedWorker, first_line
+from runner.modules import LoadedWorker
 from runner.outbound import HttpErrorKind, OutboundError, send
 from runner.quickjs import JsProgram, ScriptLoadError, ScriptTimeout
 from runner.wasmffi import RawFunc, export_get, raw_export, set_stdin_bytes
 
-# One table from wasmtime's trap codes to what we tell the client.
-_TRAP_KINDS = {
-    wasmtime.TrapCode.OUT_OF_FUEL: FailureKind.OUT_OF_FUEL,
-    wasmtime.TrapCode.INTERRUPT: FailureKind.TIMEOUT,
-}
-_WASM_PAGE = 65536
 # The tail of a worker's stderr that travels back for the supervisor's log.
 STDERR_TAIL = 4096
 
@@ -106,6 +102,9 @@ class Sandbox:
         store.set_fuel(invoke.fuel)
         store.set_limits(memory_size=invoke.memory_bytes, instances=4, tables=4, memories=1)
         store.set_epoch_deadline(self._ticker.ticks_for(invoke.timeout_ms))
+        if worker.executor is not None:  # WAGI, serverless-wasm: one module per contract
+            files = GuestFiles(self._stdout_path, self._stderr_path, self._read_outputs, self._max_output)
+            return executor.run(worker.executor, store, invoke, files, started)
         wasi = wasmtime.WasiConfig()
         wasi.env = list(worker.spec.variables.items())
         if worker.js is None:
@@ -190,6 +189,7 @@ class Sandbox:
         self, store: wasmtime.Store, worker: LoadedWorker, outcome: _Outcome
     ) -> wasmtime.Instance | None:
         instance: wasmtime.Instance | None = None
+        assert worker.instance_pre is not None  # set for every worker without an executor
         try:
             instance = worker.instance_pre.instantiate(store)
             if worker.entry is not None:
@@ -262,18 +262,9 @@ def _kv_changes(before: dict[str, str], after: dict[str, str] | None) -> tuple[d
 
 
 def _classify(exc: wasmtime.WasmtimeError | wasmtime.Trap, outcome: _Outcome) -> None:
-    if isinstance(exc, wasmtime.ExitTrap):
-        if exc.code != 0:
-            outcome.kind, outcome.detail = FailureKind.EXIT, f"the worker exited with code {exc.code}"
-    elif isinstance(exc, wasmtime.Trap):
-        code = exc.trap_code
-        outcome.kind = _TRAP_KINDS.get(code, FailureKind.TRAP) if code is not None else FailureKind.TRAP
-        outcome.detail = f"wasm trap: {code.name.lower() if code is not None else first_line(str(exc))}"
-    else:
-        message = first_line(str(exc))
-        memory = "memory" in message and "limit" in message
-        outcome.kind = FailureKind.MEMORY_LIMIT if memory else FailureKind.TRAP
-        outcome.detail = message
+    classified = failures.classify(exc)  # None: proc_exit(0)
+    if classified is not None:
+        outcome.kind, outcome.detail = classified
 
 
 class _ScriptFailed(Exception):
@@ -306,11 +297,4 @@ def _at_memory_limit(store: wasmtime.Store, instance: wasmtime.Instance | None, 
     memory = export_get(store, instance, "memory")
     if not isinstance(memory, wasmtime.Memory):
         return False
-    # A refused memory.grow leaves no trace we can read (the store limiter has
-    # no callback in the C API), so judge by size. Allocators grow in steps of
-    # many pages: by the request (dlmalloc, Rust), by its power of two (Zig),
-    # or by doubling the heap (AssemblyScript, TinyGo). So one that aborted
-    # with over half the limit in use most likely had its grow refused; the
-    # detail still names the trap or exit that ended it.
-    size = memory.data_len(store)
-    return size + _WASM_PAGE > limit or size > limit // 2
+    return failures.near_memory_limit(memory.data_len(store), limit)

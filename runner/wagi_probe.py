@@ -1,0 +1,115 @@
+"""``python -m runner.wagi_probe``: check WAGI modules at startup and run their
+``_routes`` export, in a child process (the supervisor never runs guest code).
+
+Input on stdin, one JSON object: ``{"fuel", "memory_bytes", "timeout_ms",
+"modules": [{"path", "entrypoints"}]}``. Output on stdout, one JSON array with
+one ``{"routes": text-or-null, "error": one-line-or-null}`` per module:
+``routes`` is what ``_routes`` printed, null when the module has no such
+export. As in WAGI, ``_routes`` runs with stdout only (no args, environment,
+stdin or volumes), but under the request limits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from runner.epoch import EpochTicker
+from runner.failures import classify, first_line
+from runner.modules import LoadError
+from runner.wagi import WagiLinker, check_entrypoints
+from runner.wasmffi import RawFunc, raw_export
+
+_TICK_MS = 10
+_MAX_ROUTES_OUTPUT = 1 << 20
+
+
+def _compile(engine: wasmtime.Engine, path: str) -> wasmtime.Module:
+    try:
+        source = Path(path).read_bytes()
+    except OSError as exc:
+        raise LoadError(f"cannot read the module: {exc.strerror}") from None
+    try:
+        if source.startswith(b"\0asm"):
+            return wasmtime.Module(engine, source)
+        return wasmtime.Module(engine, source.decode("utf-8", "replace"))
+    except wasmtime.WasmtimeError as exc:
+        raise LoadError(f"invalid WebAssembly module: {first_line(str(exc))}") from None
+
+
+def probe(
+    engine: wasmtime.Engine,
+    linker: WagiLinker,
+    ticker: EpochTicker,
+    limits: dict[str, Any],
+    entry: dict[str, Any],
+) -> str | None:
+    """What ``_routes`` printed, or None without one.
+
+    Raises:
+        LoadError: unreadable or invalid module, missing entrypoint, unknown
+            import, or a ``_routes`` that fails or prints something not UTF-8.
+    """
+    module = _compile(engine, entry["path"])
+    check_entrypoints(module, entry["entrypoints"])
+    pre = linker.instantiate_pre(module)
+    if "_routes" not in {export.name for export in module.exports}:
+        return None
+    check_entrypoints(module, ["_routes"])
+    with tempfile.TemporaryDirectory() as scratch:
+        stdout = os.path.join(scratch, "stdout")
+        store = wasmtime.Store(engine)
+        store.set_fuel(limits["fuel"])
+        store.set_limits(memory_size=limits["memory_bytes"], instances=4, tables=4, memories=1)
+        store.set_epoch_deadline(ticker.ticks_for(limits["timeout_ms"]))
+        wasi = wasmtime.WasiConfig()
+        wasi.stdout_file = stdout
+        store.set_wasi(wasi)
+        ticker.request_started()
+        try:
+            instance = pre.instantiate(store)
+            RawFunc(store, raw_export(store, instance, "_routes"), (), None)()
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            failed = classify(exc)
+            if failed is not None:
+                raise LoadError(f"the _routes export failed: {failed[0]}: {failed[1]}") from None
+        finally:
+            ticker.request_finished()
+        with open(stdout, "rb") as out:
+            printed = out.read(_MAX_ROUTES_OUTPUT + 1)
+    if len(printed) > _MAX_ROUTES_OUTPUT:
+        raise LoadError(f"the _routes export printed more than {_MAX_ROUTES_OUTPUT} bytes")
+    try:
+        return printed.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LoadError("the _routes export printed text that is not UTF-8") from None
+
+
+def main() -> int:
+    request = json.load(sys.stdin)
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    engine = wasmtime.Engine(config)
+    linker = WagiLinker(engine)
+    ticker = EpochTicker(engine, _TICK_MS)
+    results = []
+    for entry in request["modules"]:
+        try:
+            results.append({"routes": probe(engine, linker, ticker, request, entry), "error": None})
+        except LoadError as exc:
+            results.append({"routes": None, "error": str(exc)})
+    json.dump(results, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)  # skip interpreter teardown (wasmtime's threads), as the runner does
