@@ -78,10 +78,11 @@ async def own(
     ask_to_exit: Callable[[], None],
     beside: Callable[[], Awaitable[None]] | None = None,
     release: Callable[[], None] | None = None,
+    grace_s: float = EXIT_GRACE_S,
 ) -> None:
     """Own ``child`` until it exits (running ``beside`` next to it, e.g. a log
     relay), or until this task is cancelled: then ``ask_to_exit`` is called,
-    and SIGKILL follows after :data:`EXIT_GRACE_S`. The child is always reaped
+    and SIGKILL follows after ``grace_s``. The child is always reaped
     and ``release`` (closing our ends of its pipes) always runs."""
     try:
         async with trio.open_nursery() as nursery:
@@ -93,7 +94,7 @@ async def own(
         with trio.CancelScope(shield=True):
             if child.returncode is None:
                 ask_to_exit()
-                with trio.move_on_after(EXIT_GRACE_S):
+                with trio.move_on_after(grace_s):
                     await child.reap()
                 child.kill()
                 await child.reap()

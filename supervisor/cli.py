@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("path", nargs="?", default=".", help="project folder to serve (default: .)")
+    parser.add_argument(
+        "path",
+        nargs="?",
+        default=".",
+        help="project folder to serve, or a WAGI modules.toml or serverless-wasm config file (default: .)",
+    )
     parser.add_argument("-V", "--version", action="version", version=f"wws-supervisor {__version__}")
     http = parser.add_argument_group("server (as in wws)")
     http.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -77,6 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="GLOB",
         help="skip worker files matching GLOB, relative to PATH (repeatable), e.g. '**/drafts/**'",
+    )
+    wagi = parser.add_argument_group("WAGI (when PATH is a modules.toml)")
+    wagi.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment variable for every WAGI module (repeatable; wins over --env-file)",
+    )
+    wagi.add_argument(
+        "--env-file",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="file of NAME=VALUE lines for every WAGI module (repeatable)",
     )
     limits = parser.add_argument_group("limits (defaults for every worker)")
     limits.add_argument(
@@ -117,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: what the descriptor limit leaves room for, at most 4096)",
     )
     pool = parser.add_argument_group("runner pool")
+    pool.add_argument(
+        "--frontends",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="HTTP front-end processes sharing the port, each with its share of the runners "
+        "(default: one per core with at least two runners each, at most 4; 1 with the in-memory KV store)",
+    )
     pool.add_argument(
         "-w",
         "--workers",
@@ -203,11 +233,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         body_timeout_s=args.body_timeout_ms / 1000,
         max_connections=args.max_connections or default_max_connections(args.workers),
         graceful_timeout_s=args.graceful_timeout,
+        frontends=args.frontends,
         cache_dir=args.cache_dir or default_cache_dir(),
         cache_max_mb=args.cache_max_mb,
         log_level=args.log_level,
         access_log=args.access_log,
         kv_url=args.kv,
+        env=tuple(args.env),
+        env_files=tuple(args.env_file),
     )
 
 
@@ -224,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from supervisor.server import StartupError, run
+    from supervisor.project import StartupError
+    from supervisor.server import run
 
     try:
-        run(config, args.path, sys.stdout)
+        run(config, args.path, sys.stdout, argv)
     except StartupError as exc:
         print(f"❌ {exc}", file=sys.stderr)
         return 1

@@ -57,12 +57,18 @@ class ServerConfig:
     # Open client connections; beyond it new clients get a short 503.
     max_connections: int = dataclasses.field(default_factory=lambda: default_max_connections())
     graceful_timeout_s: float = 10.0
+    # Front-end processes; None: one per core, each with two runners or more,
+    # and one when workers use the in-memory KV store.
+    frontends: int | None = None
     cache_dir: Path = dataclasses.field(default_factory=lambda: default_cache_dir())
     # Least recently used cache entries go past this (runner.cache_hygiene).
     cache_max_mb: int = 512
     log_level: str = "info"
     access_log: bool = False
     kv_url: str = "memory://"
+    # WAGI's guest environment: --env NAME=VALUE pairs over --env-file files.
+    env: tuple[str, ...] = ()
+    env_files: tuple[Path, ...] = ()
 
 
 def default_cache_dir() -> Path:

@@ -1,64 +1,64 @@
-"""The supervisor's trio program: bind, compile, start the pool, serve HTTP
-through hypercorn's connection handling, and shut down in order on SIGTERM/SIGINT.
+"""``wws-supervisor``: load and check the project, bind the port, compile every
+worker once, then serve: in this process (``--frontends 1``), or through the
+arbiter and several front-end processes (``supervisor/arbiter.py``).
 
-Everything lives in one nursery tree: the signal watcher, the pool (which owns
-every runner process) and the HTTP front. Shutdown: stop accepting, let
-in-flight requests finish within the grace period (requests still running
-just before it ends are answered 503 and their runners killed), then stop the
-runners. A second signal cuts the grace short; the clean-up still runs.
+Whatever stops startup is a :class:`StartupError`: one line, exit status 1,
+nothing left running.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import TextIO
 
-import hypercorn.config
 import trio
 
-from ipc.messages import HttpPolicy, Mount, WorkerSpec
-from runner.engine import EngineDoesNotFit, plan_engine
-from supervisor.asgi import WorkerApp
+from supervisor.arbiter import run_arbiter
 from supervisor.cache_admin import prune_after_start
 from supervisor.compile_progress import with_progress
 from supervisor.config import ServerConfig
-from supervisor.discovery import WorkerFile, discover
-from supervisor.http_front import HttpFront, Shutdown
+from supervisor.discovery import WorkerFile
+from supervisor.frontend import serve_front
 from supervisor.kv import KvUnavailable, open_kv
 from supervisor.pool import Pool, RunnerBootError
-from supervisor.routes import RouteTable
+from supervisor.project import Project, StartupError, load_project
 from supervisor.scratch import make_scratch, remove_stale_scratch
-from supervisor.static import PublicFolder
-from supervisor.worker_config import WorkerConfig, WorkerConfigError, load_worker_config
 
 log = logging.getLogger(__name__)
 
+# With --frontends auto: one per core, each with at least two runners, at most this many.
+_MAX_AUTO_FRONTENDS = 4
 
-class StartupError(Exception):
-    """A problem the user must fix before the server can start; one line."""
 
-
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` listening sockets on one port; more than one share it with
+    SO_REUSEPORT (the kernel spreads new connections across them), one per
+    front end, each kept open here while its front end restarts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sockets: list[socket.socket] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
+        for _ in range(count):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if count > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, port))
+            port = sock.getsockname()[1]  # port 0: the others join the one picked
+            sock.listen(1024)
     except OSError as exc:
-        sock.close()
+        for sock in sockets:
+            sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
+    return sockets
 
 
 def _url_host(host: str) -> str:
@@ -77,87 +77,83 @@ def _check_cache_dir(path: Path) -> None:
         ) from None
 
 
-def _hypercorn_config(config: ServerConfig) -> hypercorn.config.Config:
-    hc = hypercorn.config.Config()
-    hc.include_server_header = False
-    # One line per request, like wws's actix logger, when asked for.
-    hc.accesslog = logging.getLogger("wws.access") if config.access_log else None
-    hc.access_log_format = '%(h)s "%(R)s" %(s)s %(b)s %(L)ss'
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    return hc
-
-
-async def serve(config: ServerConfig, project_arg: str, out: TextIO) -> None:
-    """Run the server until a signal stops it.
+def frontend_count(config: ServerConfig, project: Project) -> int:
+    """How many front-end processes to run.
 
     Raises:
-        StartupError: a missing project, an unusable port, a broken worker
-            configuration, an unreachable KV store, or a compiled worker that
-            cannot be loaded. Nothing is left running.
+        StartupError: several were asked for, but the KV store is in memory
+            (each front end would have its own, and updates would be lost).
+    """
+    runners = config.pool.workers
+    shared_kv = not config.kv_url.startswith("memory:")
+    if config.frontends is not None:
+        if config.frontends > 1 and project.uses_kv() and not shared_kv:
+            raise StartupError(
+                f"--frontends {config.frontends} needs a KV store the front ends share: "
+                "pass --kv sqlite:///path/kv.db or --kv redis://host:port/db (or --frontends 1)"
+            )
+        return max(1, min(config.frontends, runners))
+    if project.uses_kv() and not shared_kv:
+        return 1
+    return max(1, min(os.cpu_count() or 1, _MAX_AUTO_FRONTENDS, runners // 2))
+
+
+async def serve(config: ServerConfig, project_arg: str, out: TextIO, argv: list[str]) -> None:
+    """Run the server until a signal stops it.
+
+    Args:
+        argv: the command line as given; front-end processes parse it again.
+
+    Raises:
+        StartupError: a missing project, an unusable port or cache folder, a
+            broken worker configuration, an unreachable KV store, a compiled
+            worker that cannot be loaded, or runners that cannot start.
     """
     started = time.perf_counter()
-    print(f"⚙️  Preparing the project from: {project_arg}", file=out)
-    project = config.project
-    if not project.is_dir():
-        raise StartupError(f"there is no folder at {project_arg}; pass the folder that holds your workers")
-    print(f"⚙️  Loading routes from: {project_arg}", file=out)
-    try:
-        workers = discover(project, config.ignore)
-    except OSError as exc:
-        raise StartupError(f"cannot read the project folder: {exc}") from None
-    routes = RouteTable(workers, config.prefix)
-    settings = _worker_settings(workers, project, config)
-    config = _plan_memory(config, settings, out)
+    project, config = load_project(config, project_arg, out)
     _check_cache_dir(config.cache_dir)
+    frontends = frontend_count(config, project)
     with contextlib.ExitStack() as stack:
-        sock = stack.enter_context(bind_socket(config.host, config.port))
-        port = sock.getsockname()[1]
+        sockets = bind_sockets(config.host, config.port, frontends)
+        for sock in sockets:
+            stack.callback(sock.close)
+        port = sockets[0].getsockname()[1]
         remove_stale_scratch()
-        scratch = make_scratch()
-        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
         try:
-            kv = open_kv(config.kv_url)
+            open_kv(config.kv_url).close()  # reachable? (each front end opens its own)
         except KvUnavailable as exc:
             raise StartupError(str(exc)) from None
-        stack.callback(kv.close)
-        print(f"⏳ Loading workers from {len(routes.routes)} routes...", file=out)
-        specs = [_spec(w, settings[w.relative]) for w in workers]
-        pool = Pool(config.pool, specs, config.cache_dir, scratch)
-        broken = await _compile(pool, workers, project_arg, out, config)
-        public_dir = project / "public"
-        public = PublicFolder(public_dir) if public_dir.is_dir() else None
-        app = WorkerApp(config, routes, public, pool, settings, broken, kv)
-        front = HttpFront(app, _hypercorn_config(config), sock, config.max_connections)
-        shutdown = Shutdown()
-        # Requests still running this long before the grace ends are cut
-        # short, so they can still be answered before connections close.
-        margin = min(0.5, config.graceful_timeout_s / 4)
-        shutdown.on_deadline(lambda deadline: pool.hurry(deadline - margin))
+        print(f"⏳ Loading workers from {len(project.routes.routes)} routes...", file=out)
+        broken = await _compile(config, project, project_arg, out)
         base_url = f"http://{_url_host(config.host)}:{port}"
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(pool.run)
-                print(f"✅ Workers loaded in {time.perf_counter() - started:.3f}s.", file=out)
-                for route in routes.routes:
-                    print(f"    - {base_url}{route.path}", file=out)
-                    print(f"      => {os.path.join(project_arg, route.worker.relative)}", file=out)
-                signals_scope = trio.CancelScope()
-                nursery.start_soon(_watch_signals, shutdown, signals_scope, config.graceful_timeout_s, margin)
 
-                async def run_http(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                    try:
-                        await front.serve(shutdown, task_status=task_status)
-                    finally:
-                        pool.close()
-                        signals_scope.cancel()
+        def ready() -> None:
+            print(f"✅ Workers loaded in {time.perf_counter() - started:.3f}s.", file=out)
+            for route in project.routes.routes:
+                print(f"    - {base_url}{route.path}", file=out)
+                # A config file's workers are named relative to its folder.
+                shown = os.path.dirname(project_arg) if os.path.isfile(project_arg) else project_arg
+                print(f"      => {os.path.join(shown, route.worker.relative)}", file=out)
+            if frontends > 1:
+                print(f"🧩 {frontends} front ends, {config.pool.workers} runners in all", file=out)
+            print(f"🚀 Start serving requests at {base_url}\n", file=out, flush=True)
 
-                await nursery.start(run_http)
-                print(f"🚀 Start serving requests at {base_url}\n", file=out, flush=True)
-        except* RunnerBootError as group:
-            raise StartupError(f"no runner can start: {group.exceptions[0]}") from None
+        if frontends == 1:
+            await serve_front(config, project, broken, sockets[0], ready)
+        else:
+            await run_arbiter(config, argv, sockets, broken, ready)
 
 
-async def _compile(
+async def _compile(config: ServerConfig, project: Project, project_arg: str, out: TextIO) -> set[str]:
+    scratch = make_scratch()
+    try:
+        pool = Pool(config.pool, project.specs, config.cache_dir, scratch)
+        return await _compile_in(pool, project.workers, project_arg, out, config)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _compile_in(
     pool: Pool, workers: list[WorkerFile], project_arg: str, out: TextIO, config: ServerConfig
 ) -> set[str]:
     """Compile every worker once (with progress lines when that takes a
@@ -184,63 +180,8 @@ async def _compile(
     for worker_id in sorted(broken):
         print(f"❌ {os.path.join(project_arg, worker_id)}: {errors[worker_id]}", file=out)
         log.error("worker %s cannot be loaded; its route answers 500: %s", worker_id, errors[worker_id])
-    pool.drop_workers(broken)
     return broken
 
 
-def _plan_memory(config: ServerConfig, settings: dict[str, WorkerConfig], out: TextIO) -> ServerConfig:
-    """Choose the runners' memory layout for the largest memory limit and
-    say which one it is.
-
-    Raises:
-        StartupError: the address-space limit leaves no room for any layout.
-    """
-    largest = max([config.limits.memory_bytes, *(s.limits.memory_bytes for s in settings.values())])
-    try:
-        plan = plan_engine(largest, config.pool.workers)
-    except EngineDoesNotFit as exc:
-        raise StartupError(str(exc)) from None
-    print(f"⚙️  Wasm memory: {plan.summary}", file=out)
-    for warning in plan.warnings:
-        log.warning("%s", warning)
-    return dataclasses.replace(config, pool=dataclasses.replace(config.pool, engine=plan.settings))
-
-
-def _spec(worker: WorkerFile, settings: WorkerConfig) -> WorkerSpec:
-    mounts = [Mount(str(f.source), f.guest, f.writable) for f in settings.folders]
-    rules = settings.http_requests
-    policy = HttpPolicy(list(rules.allowed_hosts), list(rules.allowed_methods), rules.allow_http)
-    return WorkerSpec(worker.relative, str(worker.absolute), worker.kind, settings.variables, mounts, policy)
-
-
-def _worker_settings(
-    workers: list[WorkerFile], project: Path, config: ServerConfig
-) -> dict[str, WorkerConfig]:
-    settings = {}
-    for worker in workers:
-        try:
-            settings[worker.relative] = load_worker_config(worker.absolute, project, config.limits)
-        except WorkerConfigError as exc:
-            raise StartupError(str(exc)) from None
-        for warning in settings[worker.relative].warnings:
-            log.warning("%s", warning)
-    return settings
-
-
-async def _watch_signals(shutdown: Shutdown, scope: trio.CancelScope, grace_s: float, hurry_s: float) -> None:
-    with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if not shutdown.requested.is_set():
-                log.info(
-                    "%s received: finishing in-flight requests (up to %.1f s), then stopping", name, grace_s
-                )
-                shutdown.begin(grace_s)
-            else:
-                # Cut the grace short, but still answer, stop the runners and clean up.
-                log.warning("second %s: answering in-flight requests 503 and stopping now", name)
-                shutdown.begin(hurry_s)
-
-
-def run(config: ServerConfig, project_arg: str, out: TextIO) -> None:
-    trio.run(functools.partial(serve, config, project_arg, out))
+def run(config: ServerConfig, project_arg: str, out: TextIO, argv: list[str]) -> None:
+    trio.run(functools.partial(serve, config, project_arg, out, argv))
