@@ -133,15 +133,21 @@ class _Request:
                 sock.close()
 
 
+def check_function(module: wasmtime.Module, function: str) -> None:
+    """Raises:
+    LoadError: ``function`` is not exported, or takes parameters."""
+    exported = {export.name: export.type for export in module.exports}.get(function)
+    if exported is None:
+        raise LoadError(f"the function {function!r} is not exported by the module")
+    if not isinstance(exported, wasmtime.FuncType) or list(exported.params):
+        raise LoadError(f"the export {function!r} must be a function with no parameters")
+
+
 class HandleExecutor:
     def __init__(self, spec: WorkerSpec, module: wasmtime.Module, engine: wasmtime.Engine) -> None:
         self._min_pages, self._max_pages = memory_limits(module)
         function = spec.entrypoints[0] if spec.entrypoints else "handle"
-        exported = {export.name: export.type for export in module.exports}.get(function)
-        if exported is None:
-            raise LoadError(f"the function {function!r} is not exported by the module")
-        if not isinstance(exported, wasmtime.FuncType) or list(exported.params):
-            raise LoadError(f"the export {function!r} must be a function with no parameters")
+        check_function(module, function)
         self._spec, self._module, self._function = spec, module, function
         self._current: _Request | None = None
         self._linker = wasmtime.Linker(engine)

@@ -64,6 +64,15 @@ class WagiLinker:
 class WagiExecutor:
     def __init__(self, spec: WorkerSpec, module: wasmtime.Module, linker: WagiLinker) -> None:
         check_entrypoints(module, spec.entrypoints or ["_start"])
+        # Sub-routes found by _routes name their own entrypoints: any export
+        # that takes and returns nothing can be one.
+        self._callable = {
+            export.name
+            for export in module.exports
+            if isinstance(export.type, wasmtime.FuncType)
+            and not list(export.type.params)
+            and not list(export.type.results)
+        }
         self._spec = spec
         self._pre = linker.instantiate_pre(module)
         self._http = linker.http
@@ -74,8 +83,8 @@ class WagiExecutor:
             request = CgiRequest.from_params(invoke.params)
         except CgiParamsError as exc:
             return Execution(None, GuestFailure(FailureKind.INTERNAL, str(exc)))
-        if request.entrypoint not in (spec.entrypoints or ["_start"]):
-            detail = f"the entrypoint {request.entrypoint!r} was not checked at load"
+        if request.entrypoint not in self._callable:
+            detail = f"the entrypoint {request.entrypoint!r} is not an export without parameters"
             return Execution(None, GuestFailure(FailureKind.INTERNAL, detail))
         wasi = wasmtime.WasiConfig()
         wasi.argv = cgi.argv(request, spec.argv)

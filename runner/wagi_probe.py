@@ -1,12 +1,14 @@
-"""``python -m runner.wagi_probe``: check WAGI modules at startup and run their
-``_routes`` export, in a child process (the supervisor never runs guest code).
+"""``python -m runner.wagi_probe``: check WAGI and serverless-wasm modules at
+startup and run WAGI's ``_routes`` exports, in a child process (the supervisor
+never runs guest code), so the supervisor can name the config line at fault.
 
 Input on stdin, one JSON object: ``{"fuel", "memory_bytes", "timeout_ms",
-"modules": [{"path", "entrypoints"}]}``. Output on stdout, one JSON array with
-one ``{"routes": text-or-null, "error": one-line-or-null}`` per module:
-``routes`` is what ``_routes`` printed, null when the module has no such
-export. As in WAGI, ``_routes`` runs with stdout only (no args, environment,
-stdin or volumes), but under the request limits.
+"modules": [{"path", "kind", "entrypoints"}]}`` (kind "wagi" or "handle").
+Output on stdout, one JSON array with one ``{"routes": text-or-null,
+"callable": [names], "error": one-line-or-null}`` per module: ``routes`` is
+what ``_routes`` printed, null without such an export; ``callable`` the
+exports a sub-route may name. As in WAGI, ``_routes`` runs with stdout only
+(no args, environment, stdin or volumes), but under the request limits.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import wasmtime
 from runner.epoch import EpochTicker
 from runner.failures import classify, first_line
 from runner.modules import LoadError
+from runner.serverless import check_function, memory_limits
 from runner.wagi import WagiLinker, check_entrypoints
 from runner.wasmffi import RawFunc, raw_export
 
@@ -49,19 +52,30 @@ def probe(
     ticker: EpochTicker,
     limits: dict[str, Any],
     entry: dict[str, Any],
-) -> str | None:
-    """What ``_routes`` printed, or None without one.
+) -> tuple[str | None, list[str]]:
+    """What ``_routes`` printed (None without one), and the exports that take
+    and return nothing.
 
     Raises:
         LoadError: unreadable or invalid module, missing entrypoint, unknown
             import, or a ``_routes`` that fails or prints something not UTF-8.
     """
     module = _compile(engine, entry["path"])
+    if entry["kind"] == "handle":
+        memory_limits(module)
+        check_function(module, entry["entrypoints"][0])
+        return None, []
     check_entrypoints(module, entry["entrypoints"])
     pre = linker.instantiate_pre(module)
-    if "_routes" not in {export.name for export in module.exports}:
-        return None
-    check_entrypoints(module, ["_routes"])
+    callable_ = sorted(
+        export.name
+        for export in module.exports
+        if isinstance(export.type, wasmtime.FuncType)
+        and not list(export.type.params)
+        and not list(export.type.results)
+    )
+    if "_routes" not in callable_:
+        return None, callable_
     with tempfile.TemporaryDirectory() as scratch:
         stdout = os.path.join(scratch, "stdout")
         store = wasmtime.Store(engine)
@@ -86,7 +100,7 @@ def probe(
     if len(printed) > _MAX_ROUTES_OUTPUT:
         raise LoadError(f"the _routes export printed more than {_MAX_ROUTES_OUTPUT} bytes")
     try:
-        return printed.decode("utf-8")
+        return printed.decode("utf-8"), callable_
     except UnicodeDecodeError:
         raise LoadError("the _routes export printed text that is not UTF-8") from None
 
@@ -99,12 +113,14 @@ def main() -> int:
     engine = wasmtime.Engine(config)
     linker = WagiLinker(engine)
     ticker = EpochTicker(engine, _TICK_MS)
-    results = []
+    results: list[dict[str, Any]] = []
     for entry in request["modules"]:
         try:
-            results.append({"routes": probe(engine, linker, ticker, request, entry), "error": None})
+            routes = probe(engine, linker, ticker, request, entry)
         except LoadError as exc:
-            results.append({"routes": None, "error": str(exc)})
+            results.append({"routes": None, "callable": [], "error": str(exc)})
+        else:
+            results.append({"routes": routes[0], "callable": routes[1], "error": None})
     json.dump(results, sys.stdout)
     return 0
 

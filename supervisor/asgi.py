@@ -13,6 +13,7 @@ import trio
 
 from ipc.messages import Failure, FailureKind, Invoke, Reply
 from supervisor.config import ServerConfig
+from supervisor.contract_routes import Builtin, ContractRoutes
 from supervisor.dispatch import run_with_kv
 from supervisor.kv import KvStore
 from supervisor.pool import Overloaded, Pool
@@ -120,6 +121,14 @@ class WorkerApp:
                 [(b"connection", b"close")],
             )
             return
+        if isinstance(self._routes, ContractRoutes):  # WAGI and serverless-wasm routes first
+            found = self._routes.match(scope)
+            if isinstance(found, Builtin):
+                await _plain(send, found.status, found.body)
+                return
+            if found is not None:
+                await self._run_worker(scope, receive, send, found[0], found[1], scope["path"])
+                return
         raw = scope.get("raw_path") or scope["path"].encode()
         path = normalize_request_path(decode_unreserved(raw.split(b"?", 1)[0]))
         resolved = self._routes.resolve(path)

@@ -50,6 +50,7 @@ class WorkerConfig:
     http_requests: HttpRequests = dataclasses.field(default_factory=HttpRequests)
     limits: Limits = dataclasses.field(default_factory=Limits)
     max_concurrency: int | None = None
+    protocol: str = "wws"  # or "wagi" (supervisor/contract_project.py)
     warnings: tuple[str, ...] = ()
 
 
@@ -138,9 +139,16 @@ def load_worker_config(worker: Path, project: Path, defaults: Limits) -> WorkerC
         raise WorkerConfigError(f"{path}{line}: invalid TOML: {exc}") from None
     reader = _Reader(path, text)
     top = reader.table(
-        {"": document}, "", "", {"name", "version", "vars", "data", "folders", "features", "limits"}
+        {"": document},
+        "",
+        "",
+        {"name", "version", "vars", "data", "folders", "features", "limits", "protocol"},
     )
     name = reader.string(top, "name", "name", "default") or "default"
+    # Ours: "wagi" runs the module as a WAGI (CGI) module on its file route.
+    protocol = reader.string(top, "protocol", "protocol", "wws") or "wws"
+    if protocol not in ("wws", "wagi"):
+        raise reader.fail("protocol", f'protocol must be "wws" or "wagi", not {protocol!r}')
     version = reader.string(top, "version", "version", "") or ""
     variables = _variables(
         reader,
@@ -179,6 +187,7 @@ def load_worker_config(worker: Path, project: Path, defaults: Limits) -> WorkerC
     )
     return WorkerConfig(
         name=name,
+        protocol=protocol,
         version=version,
         variables=variables,
         kv_namespace=namespace,
