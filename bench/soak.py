@@ -99,6 +99,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
     server = await start_server(args.cache_dir, log)
     clients = [PacedClient(lambda: server.port, path, expect, pause) for path, expect, pause in ROUTES]
     faults: collections.Counter[str] = collections.Counter()
+    fault_log: list[tuple[float, float, str]] = []  # (sent, answered, path), seconds from the start
     samples: list[dict[str, Any]] = []
     duration = args.minutes * 60
     interval = max(1.0, duration / 120)
@@ -110,8 +111,10 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             await trio.sleep(args.fault_every)
             path = FAULTS[index % len(FAULTS)]
             index += 1
+            sent = time.monotonic() - started
             status, failure, _ = await exchange(server.port, get(path, server.port), wait_s=30)
             faults[f"{path} {describe(status, failure)}"] += 1
+            fault_log.append((sent, time.monotonic() - started, path))
 
     async with trio.open_nursery() as nursery:
         for client in clients:
@@ -139,10 +142,32 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             "successful_increments": counter_ok,
             "next_value_read": final[2].decode("latin-1") if final else None,
         },
+        "slowest": _slowest(clients, fault_log, started),
         "runners_seen": len({r["pid"] for row in samples for r in row["runners"]}),
         "slopes": _slopes(samples),
         "samples": samples,
     }
+
+
+def _slowest(
+    clients: list[PacedClient], fault_log: list[tuple[float, float, str]], started: float
+) -> list[dict[str, Any]]:
+    """The five slowest requests, each with the faults in flight around it."""
+    every = sorted(((s, c.path) for c in clients for s in c.samples), key=lambda p: -p[0].latency)[:5]
+    out = []
+    for sample, path in every:
+        begin, end = sample.start - started, sample.start - started + sample.latency
+        near = [f"{p} ({a - b:.1f} s)" for b, a, p in fault_log if b - 1 <= end and a + 1 >= begin]
+        out.append(
+            {
+                "route": path,
+                "t_s": round(begin, 1),
+                "latency_ms": round(sample.latency * 1000, 1),
+                "what": sample.what,
+                "faults_in_flight": near,
+            }
+        )
+    return out
 
 
 def _route(samples: list[Sample]) -> dict[str, Any]:
@@ -215,6 +240,16 @@ def markdown(result: dict[str, Any]) -> str:
         out.append(
             f"| `{path}` | {r['requests']} | {failed} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} |"
         )
+    out.append("")
+    out.append(
+        "Slowest requests: "
+        + "; ".join(
+            f"`{r['route']}` {r['latency_ms']:.0f} ms at {r['t_s']:.0f} s (faults within 1 s: "
+            f"{', '.join(r['faults_in_flight']) or 'none'})"
+            for r in result["slowest"]
+        )
+        + "."
+    )
     kv = result["kv_counter"]
     out += [
         "",
