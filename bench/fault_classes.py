@@ -39,6 +39,7 @@ class Round:
 class Ctx:
     server: Server  # the one the unrelated clients measure; replaced when restarted
     hold_s: float
+    sustain_s: float
     full_timeout_s: float
 
 
@@ -54,6 +55,7 @@ class FaultClass:
     allowed: int | None = 0  # unrelated failures per round within the promise (None: not counted)
     keeps_runner: bool = False  # the fault must not cost its runner
     server: str = "shared"  # "shared", "nofile" (RLIMIT_NOFILE 1024) or "killed" (we SIGKILL it)
+    rounds: int | None = None  # a fixed number of rounds instead of the run's N
 
 
 async def _poll_runner(ctx: Ctx, want: str, for_s: float = 0.0, wait_s: float = 10) -> int | None:
@@ -78,6 +80,19 @@ def worker_fault(path: str) -> Action:
         port = ctx.server.port
         status, failure, _ = await exchange(port, get(path, port), wait_s=60)
         return Round(answers=[describe(status, failure)])
+
+    return act
+
+
+def sustained(path: str) -> Action:
+    # One client sending the fault back to back: the item 2 (backoff starving everyone).
+    async def act(ctx: Ctx) -> Round:
+        port, answers = ctx.server.port, []
+        until = time.monotonic() + ctx.sustain_s
+        while time.monotonic() < until:
+            status, failure, _ = await exchange(port, get(path, port), wait_s=60)
+            answers.append(describe(status, failure))
+        return Round(answers=answers)
 
     return act
 
@@ -352,6 +367,13 @@ CLASSES = [
         "stuck in a host call (poll_oneoff)",
         worker_fault("/sleep"),
         "yes: 0 unrelated failures; the runner is killed at its deadline",
+    ),
+    FaultClass(
+        "sleep-sustained",
+        "stuck in a host call, one client back to back for {sustain:.0f} s",
+        sustained("/sleep"),
+        "yes: 0 unrelated failures; deadline kills never feed the crash backoff",
+        rounds=1,
     ),
     FaultClass("kill-idle", "runner SIGKILL, idle", signal_runner(signal.SIGKILL), _NONE),
     FaultClass(

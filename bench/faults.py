@@ -59,11 +59,14 @@ async def run_class(ctx: Ctx, fault: FaultClass, rounds: int) -> dict[str, Any]:
     started = time.monotonic()
     result: dict[str, Any] = {"rounds": [], "survived": True, "log": []}
     for _ in range(rounds):
-        before = {p.pid for p in ctx.server.runners()}
+        seen = {p.pid for p in ctx.server.runners()}
         round_start = time.monotonic()
-        outcome = await fault.action(ctx)
-        outcome.fault_end = outcome.fault_end or time.monotonic()
-        full = await wait_pool_full(ctx.server, outcome.fault_end, ctx.full_timeout_s)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_runners, ctx, seen)
+            outcome = await fault.action(ctx)
+            outcome.fault_end = outcome.fault_end or time.monotonic()
+            full = await wait_pool_full(ctx.server, outcome.fault_end, ctx.full_timeout_s)
+            nursery.cancel_scope.cancel()
         after = {p.pid for p in ctx.server.runners()}
         # Every round watches the unrelated route for at least a second after its fault.
         await trio.sleep(max(0.0, outcome.fault_end + _MIN_WATCH_S - time.monotonic()))
@@ -79,13 +82,20 @@ async def run_class(ctx: Ctx, fault: FaultClass, rounds: int) -> dict[str, Any]:
             result["log"] += ctx.server.lines[mark:]
             ctx.server = await restart(ctx.server)
             mark = 0
-        replaced = len(before - after) if fault.server != "killed" else None
+        replaced = len(seen - after) if fault.server != "killed" else None
         result["rounds"].append(
             {**dataclasses.asdict(outcome), "start": round_start, "pool_full_s": full, "replaced": replaced}
         )
     result["window"] = (started, time.monotonic())
     result["log"] += ctx.server.lines[mark:]
     return result
+
+
+async def _watch_runners(ctx: Ctx, seen: set[int]) -> None:
+    # Every runner seen during the round; those gone at its end were replaced.
+    while True:
+        seen.update(p.pid for p in ctx.server.runners())
+        await trio.sleep(0.02)
 
 
 def _log_facts(log: list[str]) -> dict[str, Any]:
@@ -185,6 +195,7 @@ async def run_all(args: argparse.Namespace, selected: list[FaultClass]) -> tuple
     ctx = Ctx(
         await start_server(args.cache_dir, log, None, *SERVER_ARGS),
         args.hold,
+        args.sustain,
         args.full_timeout,
     )
     rows = []
@@ -193,16 +204,18 @@ async def run_all(args: argparse.Namespace, selected: list[FaultClass]) -> tuple
         for client in clients:
             nursery.start_soon(client.run)
         for fault in selected:
-            print(f"{fault.key}: {args.rounds} round(s)", file=sys.stderr, flush=True)
+            rounds = fault.rounds or args.rounds
+            print(f"{fault.key}: {rounds} round(s)", file=sys.stderr, flush=True)
             shared = ctx.server
             if fault.server == "nofile":
                 ctx.server = await start_server(args.cache_dir, log, 1024, *SERVER_ARGS)
-            raw = await run_class(ctx, fault, args.rounds)
+            raw = await run_class(ctx, fault, rounds)
             if fault.server == "nofile":
                 await trio.to_thread.run_sync(ctx.server.stop)
                 ctx.server = shared
             samples = [s for c in clients for s in c.samples]
-            rows.append(summarise(fault, raw, samples, args.rounds))
+            rows.append(summarise(fault, raw, samples, rounds))
+            rows[-1]["class"] = fault.name.format(sustain=args.sustain)
             print(f"  {rows[-1]['verdict']} {'; '.join(rows[-1]['problems'])}", file=sys.stderr, flush=True)
         nursery.cancel_scope.cancel()
     await trio.to_thread.run_sync(ctx.server.stop)
@@ -249,6 +262,7 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "rounds": args.rounds,
         "hold_s": args.hold,
+        "sustain_s": args.sustain,
     }
 
 
@@ -263,6 +277,9 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[FaultClass]
     parser.add_argument(
         "--hold", type=float, default=15.0, help="longest a slow client stays (s, default 15)"
     )
+    parser.add_argument(
+        "--sustain", type=float, default=45.0, help="how long the back-to-back class runs (s, default 45)"
+    )
     parser.add_argument("--full-timeout", type=float, default=30.0, help="longest wait for a full pool (s)")
     parser.add_argument("--out-dir", type=Path, default=REPO / "bench")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "wws-faults-cache")
@@ -270,7 +287,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[FaultClass]
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
     if args.quick:
-        args.hold = min(args.hold, 8.0)
+        args.hold, args.sustain = min(args.hold, 8.0), min(args.sustain, 10.0)
     chosen = [k for k in args.classes.split(",") if k]
     unknown = set(chosen) - {c.key for c in CLASSES}
     if unknown:
