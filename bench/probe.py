@@ -78,9 +78,10 @@ class Server:
         return self.proc.poll() is None
 
     def runners(self) -> list[psutil.Process]:
-        """The server's runner children (``python -I -m runner ...``)."""
+        """The server's runners (``python -I -m runner ...``): its children, or
+        its grandchildren when it runs several front-end processes."""
         try:
-            children = psutil.Process(self.proc.pid).children()
+            children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:
             return []
         found = []
