@@ -26,7 +26,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class FailureKind(enum.StrEnum):
@@ -80,7 +80,7 @@ class WorkerSpec:
 
     worker_id: str
     path: str
-    kind: str  # "wasm", "wat", "js", "wagi" or "handle"
+    kind: str  # "wasm", "wat", "js", "py", "rb", "wagi" or "handle"
     # [vars] from the worker's TOML: WASI environment, or JS globals.
     variables: dict[str, str]
     # The first mount is WASI fd 3, which Zig workers use as their cwd.
@@ -94,6 +94,11 @@ class WorkerSpec:
     argv: str = ""  # WAGI argv template ("" = path and query items)
     max_outbound: int = 0  # WAGI http_max_concurrency: open responses (0 = no limit)
     tcp_allowed: list[str] = dataclasses.field(default_factory=list)  # handle: host:port targets
+    # Kinds "py" and "rb": the installed runtime's .wasm ("" when it is not
+    # installed: the worker fails to load), and wws's polyfill flavour ("3-1",
+    # or "3", the older one without base64 bodies).
+    runtime: str = ""
+    flavour: str = "3-1"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

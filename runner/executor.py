@@ -41,6 +41,8 @@ class Execution:
     # For the supervisor's log: the guest's stderr tail, or its log() lines.
     logs: bytes = b""
     outbound_requests: int = 0
+    # The KV namespace the worker handed back (wws workers), or None.
+    kv: dict[str, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,13 +72,15 @@ def run(
     elapsed_us = int((time.perf_counter() - started) * 1e6)
     response = execution.response
     if response is not None:
+        # Only what changed travels back (as for kit workers).
+        after = execution.kv if execution.kv is not None else invoke.kv
         return Reply(
             invoke.request_id,
             response.status,
             response.headers,
             response.body,
-            {},
-            [],
+            {key: value for key, value in after.items() if invoke.kv.get(key) != value},
+            [key for key in invoke.kv if key not in after],
             fuel_used,
             elapsed_us,
             execution.logs,

@@ -137,6 +137,8 @@ def load_worker(
     """
     if spec.kind == "js":
         return _load_script(spec, cache, linker, write=write)
+    if spec.kind in ("py", "rb"):
+        return _load_interpreted(spec, cache, write=write)
     wasm = read_wasm(spec)
     module = cache.load(wasm, write=write)
     if write:  # the compile step records what each worker uses (cache hygiene)
@@ -189,3 +191,15 @@ def _load_script(
             ) from None
         code = exc.trap_code.name.lower() if exc.trap_code is not None else "unknown"
         raise LoadError(f"the script trapped while loading: {code}") from None
+
+
+def _load_interpreted(spec: WorkerSpec, cache: ModuleCache, *, write: bool) -> LoadedWorker:
+    """Python and Ruby workers: a snapshot of their interpreter (runner/scriptrt.py)."""
+    from runner import pyworker, rbworker
+    from runner.scriptrt import ScriptLoadError
+
+    try:
+        loaded = (pyworker if spec.kind == "py" else rbworker).load(spec, cache, write=write)
+    except ScriptLoadError as exc:
+        raise LoadError(str(exc)) from None
+    return LoadedWorker(spec, None, None, executor=loaded)

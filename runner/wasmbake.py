@@ -205,18 +205,23 @@ def _mutable_globals(body: bytes, first_index: int) -> list[tuple[int, MutableGl
 
 
 def _data_count(body: bytes) -> tuple[int, bool]:
-    """Segment count, and whether any segment is passive."""
+    """Segment count, and whether any passive segment holds data. Empty
+    passive segments (what Wizer leaves of the ones it applied) are kept:
+    they behave like the dropped segments the rewrite leaves anyway."""
     count, pos = _read_uleb(body, 0)
     for _ in range(count):
         flag, pos = _read_uleb(body, pos)
-        if flag == 1:
-            return count, True
         if flag == 2:
             _, pos = _read_uleb(body, pos)
-        while body[pos] != _END:  # constant offset expression
+        if flag != 1:  # constant offset expression: i32.const N end, or another
+            if body[pos] == _I32_CONST:
+                _, pos = _read_sleb(body, pos + 1)
+            while body[pos] != _END:
+                pos += 1
             pos += 1
-        pos += 1
         length, pos = _read_uleb(body, pos)
+        if flag == 1 and length:
+            return count, True
         pos += length
     return count, False
 
@@ -237,7 +242,7 @@ def split_memory(module: bytes) -> SplitModule:
     data = by_id.get(_DATA, b"\x00")
     segment_count, passive = _data_count(data)
     if passive:
-        raise BakeError("modules with passive data segments cannot be split")
+        raise BakeError("modules with passive data segments holding data cannot be split")
     first_global = _imported_globals(by_id[_IMPORT]) if _IMPORT in by_id else 0
     mutable = _mutable_globals(by_id[_GLOBAL], first_global) if _GLOBAL in by_id else []
     memory_import = (
@@ -321,3 +326,23 @@ def heap_module(snapshot: bytes, max_pages: int | None) -> bytes:
         + _section(_EXPORT, _uleb(1) + _name("memory") + bytes([_KIND_MEMORY]) + _uleb(0))
         + _section(_DATA, bytes(data))
     )
+
+
+def add_export(module: bytes, name: str, kind: int, index: int) -> bytes:
+    """``module`` with one more export (``kind``: 0 function, 1 table,
+    2 memory, 3 global), e.g. an interpreter's function table, which a
+    snapshot's callers need and the build does not export.
+
+    Raises:
+        BakeError: the module has no export section.
+    """
+    parts = sections(module)
+    if not any(section_id == _EXPORT for section_id, _ in parts):
+        raise BakeError("the module has no export section")
+    out = bytearray(_MAGIC)
+    for section_id, body in parts:
+        if section_id == _EXPORT:
+            count, pos = _read_uleb(body, 0)
+            body = _uleb(count + 1) + body[pos:] + _name(name) + bytes([kind]) + _uleb(index)
+        out += _section(section_id, body)
+    return bytes(out)
