@@ -16,6 +16,7 @@ from supervisor.config import ServerConfig
 from supervisor.contract_routes import Builtin, ContractRoutes
 from supervisor.dispatch import run_with_kv
 from supervisor.kv import KvStore
+from supervisor.metrics import ROUTE_KEY
 from supervisor.pool import Overloaded, Pool
 from supervisor.routes import (
     Route,
@@ -177,6 +178,7 @@ class WorkerApp:
     async def _run_worker(
         self, scope: Scope, receive: Receive, send: Send, route: Route, params: dict[str, str], path: str
     ) -> None:
+        scope[ROUTE_KEY] = route.path  # the metrics' route label (supervisor/metrics.py)
         body: bytes | None = None
         try:
             with trio.move_on_after(self._config.body_timeout_s):

@@ -55,6 +55,14 @@ def _port(text: str) -> int:
     return value
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")  # [::1]:9090
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9090)")
+    return host, _port(port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults_limits, defaults_pool = Limits(), PoolSettings()
     parser = argparse.ArgumentParser(
@@ -211,6 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: info)",
     )
+    admin = parser.add_argument_group("admin listener (metrics, health, JSON API, status page)")
+    admin.add_argument(
+        "--admin",
+        type=_host_port,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve /metrics, /healthz, /readyz, /api/v1/ and a status page on this address (default: off)",
+    )
+    admin.add_argument(
+        "--admin-token",
+        default=None,
+        metavar="TOKEN",
+        help="require 'Authorization: Bearer TOKEN' on the admin listener (better in --config than on "
+        "the command line, where other users can read it)",
+    )
+    admin.add_argument(
+        "--enable-panel",
+        action="store_true",
+        help="turn the admin listener on at 127.0.0.1:9090 when --admin is not given (as wws's flag)",
+    )
     return parser
 
 
@@ -241,6 +269,9 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         kv_url=args.kv,
         env=tuple(args.env),
         env_files=tuple(args.env_file),
+        admin=args.admin,
+        admin_token=args.admin_token,
+        enable_panel=args.enable_panel,
     )
 
 

@@ -69,6 +69,10 @@ class ServerConfig:
     # WAGI's guest environment: --env NAME=VALUE pairs over --env-file files.
     env: tuple[str, ...] = ()
     env_files: tuple[Path, ...] = ()
+    # The admin listener (supervisor/admin.py): --admin HOST:PORT, or --enable-panel's default.
+    admin: tuple[str, int] | None = None
+    admin_token: str | None = None
+    enable_panel: bool = False
 
 
 def default_cache_dir() -> Path:

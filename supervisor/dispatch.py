@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from ipc.messages import Failure, FailureKind, Invoke, Reply
+from supervisor import metrics
 from supervisor.kv import KvConflict, KvLimitError, KvStore, KvUnavailable
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ async def run_with_kv(
         try:
             snapshot = await _snapshot(kv, namespace)
         except (KvLimitError, KvUnavailable) as exc:
+            metrics.kv_op("snapshot", "error")
             return _kv_failure(0, exc, f"KV snapshot of {namespace!r} failed: {exc}", started)
         result = await submit(build(snapshot))
         if not isinstance(result, Reply) or not namespace or not (result.kv_set or result.kv_deleted):
@@ -87,10 +89,13 @@ async def run_with_kv(
         try:
             await kv.apply(namespace, result.kv_set, result.kv_deleted, expected)
         except KvConflict as exc:
+            metrics.kv_op("commit", "conflict")
             conflict = exc
         except (KvLimitError, KvUnavailable) as exc:
+            metrics.kv_op("commit", "error")
             return _kv_failure(result.request_id, exc, f"KV write refused: {exc}", started, result)
         else:
+            metrics.kv_op("commit")
             return result
         if result.outbound_requests or writes_files:
             why = (
@@ -117,6 +122,7 @@ async def _snapshot(kv: KvStore, namespace: str | None) -> dict[str, str]:
         return {}
     snapshot = await kv.snapshot(namespace)
     kv.limits.check_snapshot(namespace, snapshot)
+    metrics.kv_op("snapshot")
     return snapshot
 
 

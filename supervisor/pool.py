@@ -38,6 +38,7 @@ from typing import Protocol
 import trio
 
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Ready, Reply, WorkerSpec
+from supervisor import metrics
 from supervisor.config import PoolSettings
 from supervisor.runners import RunnerLost, describe_exit, start_runner
 
@@ -152,9 +153,13 @@ class Pool:
         self._ever_ready = False
         self._boot_failures = [0] * settings.workers
         self._alive = 0
+        # Which generation of the project these runners serve (set by reloads).
+        self.generation = 0
         self._halted: str | None = None
         self._slots_scope = trio.CancelScope()
         self.restarts = 0
+        # slot -> its booted runner, for the admin listener (supervisor/runner_state.py).
+        self.members: dict[int, _Member] = {}
 
     def drop_workers(self, worker_ids: set[str]) -> None:
         """Leave these workers out of every runner (they failed to load)."""
@@ -235,6 +240,10 @@ class Pool:
             scope.deadline = min(scope.deadline, deadline)
 
     @property
+    def closed(self) -> bool:
+        return self._closing.is_set()
+
+    @property
     def in_flight(self) -> int:
         return len(self._in_flight)
 
@@ -257,8 +266,10 @@ class Pool:
             scope = trio.CancelScope(shield=True, deadline=deadline)
             member.busy = True
             self._in_flight.add(scope)
+            metrics.running(1)
             try:
                 result = await runner.call(invoke, scope)
+                metrics.fuel_used(invoke.worker_id, result.fuel_used)
             except RunnerLost as exc:
                 if not exc.delivered and attempt == 0:
                     log.warning(
@@ -274,6 +285,7 @@ class Pool:
                     return await self._lost(member, invoke, exc, trio.current_time() - started)
             finally:
                 self._in_flight.discard(scope)
+                metrics.running(-1)
                 member.busy = False
             self._give_back(member)
             return result
@@ -293,6 +305,7 @@ class Pool:
             if member.reason is None:
                 return member
         self._waiting += 1
+        metrics.queued(1)
         try:
             with trio.move_on_after(self.settings.queue_timeout_s):
                 while True:
@@ -301,6 +314,7 @@ class Pool:
                         return member
         finally:
             self._waiting -= 1
+            metrics.queued(-1)
         raise Overloaded("no runner became free in time")
 
     def _give_back(self, member: _Member) -> None:
@@ -394,6 +408,7 @@ class Pool:
             if reason is Retired.CLOSED:
                 break
             self.restarts += 1
+            metrics.runner_restarted(reason.value)
             if reason is Retired.BOOT_FAILED:
                 failures += 1
             elif reason is Retired.CRASHED:
@@ -439,6 +454,7 @@ class Pool:
                 pid = runner.pid
                 jitter = min(self.settings.max_requests_jitter, self.settings.max_requests // 10)
                 member = _Member(runner, self.settings.max_requests + random.randint(0, jitter))
+                self.members[index] = member
                 log.debug("runner %d ready in slot %d", runner.pid, index)
                 announce_ready()
                 self._alive += 1
@@ -461,5 +477,6 @@ class Pool:
                     runner.kill()  # an idle runner that ignores EOF is not waited for
                 return member.reason
         finally:
+            self.members.pop(index, None)
             if pid is not None:
                 shutil.rmtree(self._scratch_dir / str(pid), ignore_errors=True)
