@@ -250,6 +250,43 @@ async def test_two_front_ends_add_up(cache_dir: Path, tmp_path: Path) -> None:
         per_front = {i: sum(r["requests_served"] for r in runners if r["frontend"] == i) for i in (0, 1)}
         assert all(per_front.values()), per_front  # both front ends served, and both were counted
 
+        # A front end killed and replaced: not ready meanwhile, and its counts stay in the totals.
+        victim = front_ends[0]
+        psutil.Process(victim).kill()
+
+        async def replaced() -> bool:
+            now = (await api(admin, "/api/v1/runners"))["runners"]
+            pids = {r["frontend_pid"] for r in now if r["frontend"] == 0}
+            return bool(pids) and victim not in pids and (await http(admin, "GET", "/readyz")).status == 200
+
+        await eventually(replaced)
+        again = await scrape(admin)
+        assert value(again, "wws_requests_total", route="/counter", status="200", failure="none") == 40
+        assert value(again, "wws_requests_in_flight") == 0
+
+
+async def test_a_reload_shows_the_new_generation(cache_dir: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "hello.wat").write_bytes((HARD_PROJECT / "hello.wat").read_bytes())
+    async with serving(project, ["-w", "1", "--log-level", "debug", *_ADMIN], cache_dir) as server:
+        admin = admin_port(server)
+        first = await api(admin, "/api/v1/workers")
+        assert [w["route"] for w in first["workers"]] == ["/hello"]
+        (project / "echo.wat").write_bytes((HARD_PROJECT / "echo.wat").read_bytes())
+        mark = len(server.stdout_lines)
+        server.signal(signal.SIGHUP)
+        await trio.to_thread.run_sync(lambda: server.wait_for(r"reloaded: generation", start=mark))
+
+        async def switched() -> bool:
+            runners = (await api(admin, "/api/v1/runners"))["runners"]
+            return {r["generation"] for r in runners} == {first["generation"] + 1}
+
+        await eventually(switched)  # the old generation's runners are gone from the list
+        workers = await api(admin, "/api/v1/workers")
+        assert workers["generation"] == first["generation"] + 1
+        assert [w["route"] for w in workers["workers"]] == ["/echo", "/hello"]
+
 
 def test_enable_panel_means_a_loopback_default() -> None:
     config = config_from_args(build_parser().parse_args(["--enable-panel"]))
