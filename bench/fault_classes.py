@@ -415,7 +415,8 @@ CLASSES = [
         "kill-supervisor",
         "supervisor SIGKILL (a runner in a host call, one stopped)",
         kill_supervisor,
-        "no: everything in flight fails until restarted; runners must die, scratch cleaned at next start",
+        "no: everything fails until the bench restarts it (at once; pool full is timed from there); "
+        "its runners must die with it and its scratch folder go at the next start",
         allowed=None,
         server="killed",
     ),
