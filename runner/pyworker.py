@@ -20,6 +20,7 @@ rewrite of the runtime (:func:`runner.wasmbake.add_export`).
 
 from __future__ import annotations
 
+import gc
 import json
 import tempfile
 import time
@@ -90,7 +91,12 @@ def load(spec: WorkerSpec, cache: ModuleCache, *, write: bool) -> ScriptExecutor
         module, note = entry
         snapshot: dict[str, Any] = note["snapshot"]
     else:
-        heap_bytes, snapshot = _bake(runtime, spec, src)
+        try:
+            heap_bytes, snapshot = _bake(runtime, spec, src)
+        finally:
+            # A load's Store can outlive it in a traceback cycle, holding two
+            # of the pool's few instance slots; free it now.
+            gc.collect()
         module = wasmtime.Module(cache.engine, heap_bytes)
         if write:
             _write_entry(cache, key, module, {"kind": "py-heap", "source": spec.path, "snapshot": snapshot})

@@ -13,6 +13,7 @@ fresh copy (the string is placed in the snapshot at load).
 
 from __future__ import annotations
 
+import gc
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,7 +113,12 @@ def load(spec: WorkerSpec, cache: ModuleCache, *, write: bool) -> ScriptExecutor
         module, note = entry
         snapshot: dict[str, Any] = note["snapshot"]
     else:
-        heap_bytes, snapshot = _bake(runtime, spec, src)
+        try:
+            heap_bytes, snapshot = _bake(runtime, spec, src)
+        finally:
+            # A load's Store can outlive it in a traceback cycle, holding two
+            # of the pool's few instance slots; free it now.
+            gc.collect()
         module = wasmtime.Module(cache.engine, heap_bytes)
         if write:
             _write_entry(cache, key, module, {"kind": "rb-heap", "source": spec.path, "snapshot": snapshot})

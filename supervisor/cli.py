@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 from supervisor import __version__
-from supervisor.config import Limits, PoolSettings, ServerConfig, default_cache_dir, default_max_connections
+from supervisor.config import (
+    Limits,
+    PoolSettings,
+    ServerConfig,
+    default_cache_dir,
+    default_max_connections,
+    default_runtimes_dir,
+)
 
 _DESCRIPTION = """\
 Serve a folder of WebAssembly workers over HTTP, like Wasm Workers Server (wws),
@@ -27,6 +34,7 @@ examples:
   wws-supervisor site --prefix /app        mount every route under /app
   wws-supervisor . --timeout-ms 500 --memory-mb 32 --workers 4
   wws-supervisor cache info                what the compiled-module cache holds
+  wws-supervisor runtimes install python   enable .py workers (ruby: .rb); also list, uninstall
   wws-supervisor cache prune [--all]       drop entries no worker uses any more
 
 failure statuses: 500 trap, bad output or memory limit; 502 runner died;
@@ -199,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, default=None, help=f"compiled-module cache (default: {default_cache_dir()})"
     )
     ops.add_argument(
+        "--runtimes-dir",
+        type=Path,
+        default=None,
+        help=f"where `runtimes install` put the Python and Ruby runtimes (default: {default_runtimes_dir()})",
+    )
+    ops.add_argument(
         "--cache-max-mb",
         type=_positive,
         default=512,
@@ -263,6 +277,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         graceful_timeout_s=args.graceful_timeout,
         frontends=args.frontends,
         cache_dir=args.cache_dir or default_cache_dir(),
+        runtimes_dir=args.runtimes_dir or default_runtimes_dir(),
         cache_max_mb=args.cache_max_mb,
         log_level=args.log_level,
         access_log=args.access_log,
@@ -277,6 +292,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["runtimes"]:  # `wws-supervisor runtimes install|list|uninstall`
+        from supervisor.runtimes import main as runtimes_main
+
+        return runtimes_main(argv[1:])
     if argv[:1] == ["cache"]:  # `wws-supervisor cache info|prune` (serve a folder named cache as ./cache)
         from supervisor.cache_admin import main as cache_main
 

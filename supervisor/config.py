@@ -61,6 +61,8 @@ class ServerConfig:
     # and one when workers use the in-memory KV store.
     frontends: int | None = None
     cache_dir: Path = dataclasses.field(default_factory=lambda: default_cache_dir())
+    # Where `runtimes install` keeps the Python and Ruby interpreters.
+    runtimes_dir: Path = dataclasses.field(default_factory=lambda: default_runtimes_dir())
     # Least recently used cache entries go past this (runner.cache_hygiene).
     cache_max_mb: int = 512
     log_level: str = "info"
@@ -73,6 +75,11 @@ class ServerConfig:
     admin: tuple[str, int] | None = None
     admin_token: str | None = None
     enable_panel: bool = False
+
+
+def default_runtimes_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "wws-supervisor" / "runtimes"
 
 
 def default_cache_dir() -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 # Extension -> worker kind understood by the runner.
-WORKER_KINDS = {".wasm": "wasm", ".wat": "wat", ".js": "js"}
+WORKER_KINDS = {".wasm": "wasm", ".wat": "wat", ".js": "js", ".py": "py", ".rb": "rb"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from supervisor.config_file import ConfigFileError
 from supervisor.contract_project import load_config_file, wagi_in_folder
 from supervisor.discovery import WorkerFile, discover
 from supervisor.routes import RouteTable
+from supervisor.runtimes import with_runtimes
 from supervisor.static import PublicFolder
 from supervisor.worker_config import WorkerConfig, WorkerConfigError, load_worker_config
 
@@ -71,6 +72,7 @@ def load_project(config: ServerConfig, project_arg: str, out: TextIO) -> tuple[P
         raise StartupError(str(exc)) from None
     config = _plan_memory(config, settings, out)
     specs = [_spec(w, settings[w.relative]) for w in workers]
+    specs = with_runtimes(specs, folder, config.runtimes_dir, out)  # .py and .rb workers
     public_dir = folder / "public"
     public = PublicFolder(public_dir) if public_dir.is_dir() else None
     return Project(workers, routes, settings, specs, public), config

@@ -1,0 +1,3 @@
+def worker(request):
+    print("this is not JSON")
+    return Response("never sent")

@@ -1,0 +1,6 @@
+def helper():
+    raise ValueError("secret detail 42")
+
+
+def worker(request):
+    helper()

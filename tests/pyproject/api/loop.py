@@ -1,0 +1,3 @@
+def worker(request):
+    while True:
+        pass

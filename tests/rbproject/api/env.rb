@@ -1,0 +1,3 @@
+def worker(req)
+  Response.new("MESSAGE=#{ENV['MESSAGE']} HOME=#{ENV['HOME'].inspect}")
+end

@@ -1,0 +1,3 @@
+def worker(req)
+  Response.ok("id=#{req.params['id']}")
+end
