@@ -169,7 +169,8 @@ async def _compile_in(
         raise StartupError(str(group.exceptions[0])) from None
     prune_after_start(config.cache_dir, config.cache_max_mb, since)
     kinds = {w.relative: w.kind for w in workers}
-    fatal = {worker_id: reason for worker_id, reason in errors.items() if kinds[worker_id] not in "js py rb".split()}
+    scripts = ("js", "py", "rb")  # a script that cannot load costs its own route only
+    fatal = {worker_id: reason for worker_id, reason in errors.items() if kinds[worker_id] not in scripts}
     if fatal:
         worker_id, reason = next(iter(fatal.items()))
         more = f" (and {len(fatal) - 1} more)" if len(fatal) > 1 else ""
