@@ -58,18 +58,40 @@ def _measure(label: str, url: str, procs: dict[str, psutil.Process], seconds: in
     return out
 
 
-def _top(folded: Path, count: int) -> list[tuple[str, float]]:
-    """Own time per function from py-spy's raw (folded) output, as a share."""
+# Leaf frames that mean "waiting": the event loop's poll, the runner's
+# blocking read of the next request, threads parked. Not CPU.
+_IDLE = ("epoll_wait", "read (libc", "futex", "nanosleep", "select", "poll (libc")
+
+
+def _top(folded: Path, count: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """From py-spy's raw (folded) output, busy samples only: the functions
+    with the most own time, and the source files with the most inclusive
+    time, each as a share of the busy samples."""
     own: collections.Counter[str] = collections.Counter()
+    files: collections.Counter[str] = collections.Counter()
     total = 0
     for line in folded.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
-        if not stack:
+        frames = stack.split(";")
+        if not stack or any(mark in frames[-1] for mark in _IDLE):
             continue
-        frame = stack.split(";")[-1]
-        own[frame] += int(samples)
-        total += int(samples)
-    return [(frame, n / total) for frame, n in own.most_common(count)] if total else []
+        n = int(samples)
+        own[frames[-1]] += n
+        for name in {_file(frame) for frame in frames}:
+            files[name] += n
+        total += n
+    if not total:
+        return [], []
+    return (
+        [(frame, n / total) for frame, n in own.most_common(count)],
+        [(name, n / total) for name, n in files.most_common(count)],
+    )
+
+
+def _file(frame: str) -> str:
+    # "func (path/to/file.py:123)" -> "path/to/file.py"
+    where = frame.rpartition(" (")[2].rstrip(")")
+    return where.rpartition(":")[0] or where
 
 
 def _profile(url: str, procs: dict[str, psutil.Process], seconds: int, scratch: Path) -> None:
@@ -79,7 +101,7 @@ def _profile(url: str, procs: dict[str, psutil.Process], seconds: int, scratch: 
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     for name, proc in procs.items():
         out = scratch / f"{name}.folded"
-        options = ["--native", "-r", "200", "-d", str(seconds + 1), "-f", "raw", "-o", str(out)]
+        options = ["--native", "--idle", "-r", "200", "-d", str(seconds + 1), "-f", "raw", "-o", str(out)]
         sampler = subprocess.Popen(
             [spy, "record", *options, "-p", str(proc.pid)],
             stdout=subprocess.DEVNULL,
@@ -87,9 +109,13 @@ def _profile(url: str, procs: dict[str, psutil.Process], seconds: int, scratch: 
         )
         _pinned_wrk(url, seconds)
         sampler.wait()
-        print(f"\n{name}: functions with the most own time (py-spy --native, share of samples)")
-        for frame, share in _top(out, 15):
+        own, files = _top(out, 15)
+        print(f"\n{name}: most own time (py-spy --native, share of busy samples)")
+        for frame, share in own:
             print(f"  {share:6.1%}  {frame}")
+        print(f"{name}: most inclusive time by source file (share of busy samples)")
+        for where, share in files:
+            print(f"  {share:6.1%}  {where}")
 
 
 def main() -> None:
