@@ -17,8 +17,8 @@ _BASE = Path(os.environ.get("WWS_TEST_DATA") or Path.home() / ".cache" / "wws-su
 RUNTIMES_DIR = _BASE / "runtimes"
 SCRIPT_CACHE = _BASE / "module-cache"
 PY_LIBS = _BASE / "python-libs"
-# Every Python and Ruby heap is tens of MB; keep them all across runs.
-CACHE_ARGS = ["--runtimes-dir", str(RUNTIMES_DIR), "--cache-max-mb", "4096"]
+# Python heaps are ~10 MB, Ruby heaps ~28 MB: room for one run's worth, LRU beyond.
+CACHE_ARGS = ["--runtimes-dir", str(RUNTIMES_DIR), "--cache-max-mb", "1536"]
 
 
 def ensure_runtime(name: str) -> Path:
