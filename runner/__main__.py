@@ -20,6 +20,7 @@ from collections.abc import Callable
 from ipc.codec import FrameDecoder, ProtocolError, encode
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Message, Ready, Reply
 from runner.kit import printable
+from runner.lifeline import die_with_parent
 
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3
@@ -28,7 +29,6 @@ _READ_SIZE = 1 << 20
 # Bigger pipes halve the round trip for large bodies (the default is 64 KiB).
 _PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = 1031
-_PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("runner")
 
@@ -79,26 +79,8 @@ def _isolate_stdio() -> tuple[int, int]:
     return proto_in, proto_out
 
 
-def _die_with_parent(argv: list[str]) -> bool:
-    """Ask the kernel to SIGKILL us when the supervisor dies (stopped or stuck
-    in a host call included), then check it has not died already. Returns
-    False when the supervisor is gone."""
-    if len(argv) != 2 or argv[0] != "--parent" or not argv[1].isdigit():
-        return True  # started by hand: nobody to follow
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: EOF on stdin still ends an idle runner
-    # The supervisor may have died between fork and prctl: we would have been
-    # re-parented already, and no signal would ever come.
-    return os.getppid() == int(argv[1])
-
-
 def main() -> int:
-    if not _die_with_parent(sys.argv[1:]):
+    if not die_with_parent(sys.argv[1:]):
         return EXIT_OK
     logging.basicConfig(
         level=os.environ.get("WWS_RUNNER_LOG_LEVEL", "WARNING"),

@@ -22,22 +22,26 @@ its backlog until the replacement takes them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import io
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from supervisor.children import Child, own
+from supervisor.compiling import compile_project
 from supervisor.config import ServerConfig
-from supervisor.frontend import ERROR_PREFIX, READY_LINE, FrontendOrder
+from supervisor.frontend import DRAINING_LINE, ERROR_PREFIX, READY_LINE, FrontendOrder, ReloadSource
+from supervisor.notify import Notifier
 from supervisor.pool import HALT_AFTER_BOOT_FAILURES, backoff_delay
-from supervisor.project import StartupError
+from supervisor.project import StartupError, load_project
 from supervisor.runners import describe_exit
 
 log = logging.getLogger(__name__)
@@ -55,16 +59,16 @@ def split(total: int, parts: int) -> list[int]:
 class _Attempt:
     """One front-end process: its pipes and what it said."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
-        assert popen.stdout is not None
+    def __init__(self, popen: subprocess.Popen[bytes], status_fd: int) -> None:
         self.child = Child(popen)
-        self._stdout = popen.stdout
-        os.set_blocking(self._stdout.fileno(), False)
+        self._status_fd = status_fd
+        os.set_blocking(status_fd, False)
         self.ready = trio.Event()
+        self.draining = trio.Event()
         self.error: str | None = None
 
     async def read_status(self) -> None:
-        fd, buffer = self._stdout.fileno(), b""
+        fd, buffer = self._status_fd, b""
         while True:
             try:
                 await trio.lowlevel.wait_readable(fd)
@@ -80,33 +84,58 @@ class _Attempt:
                 line, buffer = buffer.split(b"\n", 1)
                 if line + b"\n" == READY_LINE:
                     self.ready.set()
+                elif line + b"\n" == DRAINING_LINE:
+                    self.draining.set()
                 elif line.startswith(ERROR_PREFIX):
                     self.error = line[len(ERROR_PREFIX) :].decode("utf-8", "replace")
 
     def release(self) -> None:
-        trio.lowlevel.notify_closing(self._stdout.fileno())
-        self._stdout.close()
+        trio.lowlevel.notify_closing(self._status_fd)
+        os.close(self._status_fd)
 
 
 class Arbiter:
     def __init__(
-        self, config: ServerConfig, argv: list[str], sockets: list[socket.socket], broken: set[str]
+        self,
+        config: ServerConfig,
+        argv: list[str],
+        sockets: list[socket.socket],
+        broken: set[str],
+        notifier: Notifier,
+        reload_source: ReloadSource | None = None,
     ) -> None:
         self._config = config
         self._argv = argv
         self._sockets = sockets
         self._broken = sorted(broken)
-        self._shares = split(config.pool.workers, len(sockets))
-        self._connections = max(8, config.max_connections // len(sockets))
+        self._notifier = notifier
+        self._reload_source = reload_source
         self._closing = trio.Event()
-        self._live: dict[int, Child] = {}
+        self._current: dict[int, _Attempt] = {}
+        # A reload's replacement for a slot, adopted when the old one exits.
+        self._handover: dict[int, _Attempt] = {}
+        self._reload_lock = trio.Lock()
         self._ready_count = 0
         self._all_ready = trio.Event()
         self._ever_ready = False
         self._boot_failures = [0] * len(sockets)
         self._halted: str | None = None
         self._scope = trio.CancelScope()
+        self._owners: trio.Nursery | None = None
+        self.generation = 1
         self.restarts = 0
+
+    def _order(self, index: int) -> FrontendOrder:
+        shares = split(self._config.pool.workers, len(self._sockets))
+        return FrontendOrder(
+            argv=self._argv,
+            index=index,
+            workers=shares[index],
+            max_connections=max(8, self._config.max_connections // len(self._sockets)),
+            broken=self._broken,
+            socket_fd=self._sockets[index].fileno(),
+            status_fd=-1,  # set when it is spawned
+        )
 
     async def run(self, ready: Callable[[], None]) -> None:
         """Run the front ends until a signal stops them all.
@@ -116,11 +145,13 @@ class Arbiter:
         """
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
-            nursery.start_soon(self._watch_signals)
+            nursery.start_soon(self._watch_signals, nursery)
             nursery.start_soon(self._report_ready, ready)
-            async with trio.open_nursery() as slots:
-                for index in range(len(self._sockets)):
-                    slots.start_soon(self._slot, index)
+            async with trio.open_nursery() as owners:
+                self._owners = owners
+                async with trio.open_nursery() as slots:
+                    for index in range(len(self._sockets)):
+                        slots.start_soon(self._slot, index)
             nursery.cancel_scope.cancel()  # every front end has stopped
         if self._halted is not None:
             raise StartupError(self._halted)
@@ -129,122 +160,207 @@ class Arbiter:
         await self._all_ready.wait()
         ready()
 
-    async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    async def _watch_signals(self, nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    if not self._closing.is_set():
+                        nursery.start_soon(self.reload)
+                    continue
                 if self._closing.is_set():
                     log.warning("second %s: front ends are told to hurry", name)
                 else:
                     log.info("%s received: stopping the front ends", name)
+                    self._notifier.stopping()
                     self._closing.set()
-                for child in self._live.values():
-                    child.send_signal(signal.SIGTERM)
+                for attempt in [*self._current.values(), *self._handover.values()]:
+                    attempt.child.send_signal(signal.SIGTERM)
 
     def _halt(self, message: str) -> None:
         self._halted = message
         self._scope.cancel()
 
-    async def _slot(self, index: int) -> None:
-        failures = 0
-        while not self._closing.is_set():
-            if failures:
-                delay = backoff_delay(failures, others_alive=bool(set(self._live) - {index}))
-                log.warning("front end %d: restarting in %.2f s after %d failure(s)", index, delay, failures)
-                with trio.move_on_after(delay):
-                    await self._closing.wait()
-                if self._closing.is_set():
-                    return
-            born = trio.current_time()
-            became_ready = await self._run_one(index)
-            if self._closing.is_set():
-                return
-            self.restarts += 1
-            if not became_ready:
-                failures += 1
-                self._boot_failures[index] += 1
-                if not self._ever_ready and min(self._boot_failures) >= HALT_AFTER_BOOT_FAILURES:
-                    self._halt("no front end could start (see the log above)")
-                    return
-            elif trio.current_time() - born < _STABLE_AFTER_S:
-                failures += 1
-            else:
-                failures = 1
-
-    async def _run_one(self, index: int) -> bool:
-        """Start one front end and own it until it exits; returns whether it
-        ever became ready."""
-        order = FrontendOrder(
-            argv=self._argv,
-            index=index,
-            workers=self._shares[index],
-            max_connections=self._connections,
-            broken=self._broken,
-            socket_fd=self._sockets[index].fileno(),
-        )
+    async def _start(self, index: int) -> _Attempt | None:
+        assert self._owners is not None
         try:
-            attempt = _spawn(order)
+            attempt = _spawn(self._order(index))
         except OSError as exc:
             log.error("front end %d: cannot start a process: %s", index, exc)
-            return False
+            return None
+        owner = functools.partial(
+            own,
+            attempt.child,
+            ask_to_exit=functools.partial(attempt.child.send_signal, signal.SIGTERM),
+            beside=attempt.read_status,
+            release=attempt.release,
+            grace_s=self._config.graceful_timeout_s + _STOP_MARGIN_S,
+        )
+        await self._owners.start(owner)
+        self._owners.start_soon(self._announce, index, attempt)
+        return attempt
+
+    async def _slot(self, index: int) -> None:
+        failures = 0
+        attempt: _Attempt | None = None
+        born = trio.current_time()
+        while not self._closing.is_set():
+            if attempt is None:
+                if failures:
+                    delay = backoff_delay(failures, others_alive=bool(set(self._current) - {index}))
+                    log.warning(
+                        "front end %d: restarting in %.2f s after %d failure(s)", index, delay, failures
+                    )
+                    with trio.move_on_after(delay):
+                        await self._closing.wait()
+                    if self._closing.is_set():
+                        return
+                born = trio.current_time()
+                attempt = await self._start(index)
+                if attempt is None:
+                    failures += 1
+                    continue
+            self._current[index] = attempt
+            await attempt.child.wait_exit()
+            del self._current[index]
+            successor = self._handover.pop(index, None)
+            if successor is not None:  # a reload replaced it: adopt the new one
+                attempt = successor
+                continue
+            if self._closing.is_set():
+                return
+            failures = self._after_exit(index, attempt, failures, trio.current_time() - born)
+            if self._halted is not None:
+                return
+            attempt = None
+
+    def _after_exit(self, index: int, attempt: _Attempt, failures: int, lived_s: float) -> int:
+        """Log an unplanned exit; returns the new failure count."""
         child = attempt.child
-        self._live[index] = child
-        try:
-            async with trio.open_nursery() as nursery:
-                owner = functools.partial(
-                    own,
-                    child,
-                    ask_to_exit=functools.partial(child.send_signal, signal.SIGTERM),
-                    beside=attempt.read_status,
-                    release=attempt.release,
-                    grace_s=self._config.graceful_timeout_s + _STOP_MARGIN_S,
-                )
-                await nursery.start(owner)
-                nursery.start_soon(self._announce, index, attempt)
-                await child.wait_exit()
-                nursery.cancel_scope.cancel()
-        finally:
-            del self._live[index]
-        if self._closing.is_set():
-            return attempt.ready.is_set()
-        how = describe_exit(child.returncode)
+        self.restarts += 1
         if attempt.error is not None:
             log.error("front end %d (pid %d) could not start: %s", index, child.pid, attempt.error)
             if not self._ever_ready:
                 self._halt(attempt.error)
         else:
+            how = describe_exit(child.returncode)
             log.error("front end %d (pid %d) exited (%s); starting another", index, child.pid, how)
-        return attempt.ready.is_set()
+        if not attempt.ready.is_set():
+            self._boot_failures[index] += 1
+            if not self._ever_ready and min(self._boot_failures) >= HALT_AFTER_BOOT_FAILURES:
+                self._halt("no front end could start (see the log above)")
+            return failures + 1
+        return failures + 1 if lived_s < _STABLE_AFTER_S else 1
 
     async def _announce(self, index: int, attempt: _Attempt) -> None:
         await attempt.ready.wait()
-        log.info(
-            "front end %d (pid %d) ready with %d runner(s)", index, attempt.child.pid, self._shares[index]
-        )
+        pid, runners = attempt.child.pid, self._order(index).workers
+        log.info("front end %d (pid %d) ready with %d runner(s)", index, pid, runners)
         self._ever_ready = True
         self._boot_failures[index] = 0
         self._ready_count += 1
         if self._ready_count >= len(self._sockets):
             self._all_ready.set()
 
+    async def reload(self) -> None:
+        """Load and compile the project again, then replace the front ends one
+        at a time: each new one is ready on the same socket before the old one
+        is told to drain. A failure keeps what is running."""
+        if self._reload_source is None:
+            return
+        async with self._reload_lock:
+            self._notifier.reloading()
+            log.info("SIGHUP received: reloading the project")
+            try:
+                await self._prepare_reload()
+            except StartupError as exc:
+                log.error("reload failed, the front ends keep serving: %s", exc)
+                self._notifier.ready(f"serving generation {self.generation}; the last reload failed: {exc}")
+                return
+            for index in range(len(self._sockets)):
+                if self._closing.is_set():
+                    return
+                if not await self._replace(index):
+                    self._notifier.ready(f"reload stopped at front end {index}; see the log")
+                    return
+            self.generation += 1
+            log.info("reloaded: every front end serves generation %d", self.generation)
+            self._notifier.ready(f"serving generation {self.generation}")
+
+    async def _prepare_reload(self) -> None:
+        assert self._reload_source is not None
+        try:
+            config = self._reload_source()
+        except SystemExit as exc:  # argparse (a broken --config file) exits after printing why
+            raise StartupError(f"the configuration cannot be read ({exc})") from None
+        project_arg = str(config.project)
+        quiet = io.StringIO()  # startup lines are for the first start only
+        project, config = load_project(config, project_arg, quiet)
+        self._broken = sorted(await compile_project(config, project, project_arg, quiet))
+        # The socket count (front ends) and address stay; the runner count may change.
+        self._config = dataclasses.replace(
+            self._config, pool=dataclasses.replace(self._config.pool, workers=config.pool.workers)
+        )
+
+    async def _replace(self, index: int) -> bool:
+        old = self._current.get(index)
+        new = await self._start(index)
+        if new is None:
+            return False
+        await _first(new.ready.wait, new.child.wait_exit)  # ready, or gone
+        if not new.ready.is_set():
+            log.error("reload: the new front end %d could not start: %s", index, new.error or "it exited")
+            return False
+        if old is None or old.child.returncode is not None:
+            # The old one is gone already (its slot may be restarting): hand over anyway.
+            self._handover[index] = new
+            return True
+        self._handover[index] = new
+        old.child.send_signal(signal.SIGTERM)
+        # Done once no new connection can reach the old one (it drains on its
+        # own): from then on every request sees the new generation.
+        await _first(old.draining.wait, old.child.wait_exit)
+        return True
+
+
+async def _first(*waits: Callable[[], Awaitable[object]]) -> None:
+    """Return as soon as one of ``waits`` returns."""
+    async with trio.open_nursery() as race:
+
+        async def until(wait: Callable[[], Awaitable[object]]) -> None:
+            await wait()
+            race.cancel_scope.cancel()
+
+        for wait in waits:
+            race.start_soon(until, wait)
+
 
 def _spawn(order: FrontendOrder) -> _Attempt:
-    # From the event loop's thread: see supervisor/children.py.
-    popen = subprocess.Popen(
-        [sys.executable, "-I", "-m", "supervisor.frontend", "--parent", str(os.getpid())],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        pass_fds=[order.socket_fd],
-        # Out of the terminal's process group: Ctrl-C reaches the arbiter,
-        # which forwards it in order.
-        start_new_session=True,
-    )
+    # Status lines come back on a pipe of their own: the front end's stdout
+    # is ours (one log stream).
+    status_read, status_write = os.pipe()
+    try:
+        order = dataclasses.replace(order, status_fd=status_write)
+        # From the event loop's thread: see supervisor/children.py.
+        popen = subprocess.Popen(
+            [sys.executable, "-I", "-m", "supervisor.frontend", "--parent", str(os.getpid())],
+            stdin=subprocess.PIPE,
+            pass_fds=[order.socket_fd, status_write],
+            # Out of the terminal's process group: Ctrl-C reaches the arbiter,
+            # which forwards it in order.
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(status_read)
+        raise
+    finally:
+        os.close(status_write)
     assert popen.stdin is not None
     with contextlib.suppress(OSError):
         popen.stdin.write(order.to_json())
     with contextlib.suppress(OSError):
         popen.stdin.close()
-    return _Attempt(popen)
+    return _Attempt(popen, status_read)
 
 
 async def run_arbiter(
@@ -253,10 +369,12 @@ async def run_arbiter(
     sockets: list[socket.socket],
     broken: set[str],
     ready: Callable[[], None],
+    notifier: Notifier,
+    reload_source: ReloadSource | None = None,
 ) -> None:
     """Serve through ``len(sockets)`` front-end processes until a signal stops them.
 
     Raises:
         StartupError: no front end could start.
     """
-    await Arbiter(config, argv, sockets, broken).run(ready)
+    await Arbiter(config, argv, sockets, broken, notifier, reload_source).run(ready)

@@ -95,6 +95,8 @@ class WorkerApp:
         self._broken = broken
         self._kv = kv
         self._semaphores: dict[str, trio.Semaphore] = {}
+        # --cors: wws sends every configured origin, joined by commas.
+        self._cors = ",".join(config.cors_origins).encode() if config.cors_origins else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -179,6 +181,9 @@ class WorkerApp:
         self, scope: Scope, receive: Receive, send: Send, route: Route, params: dict[str, str], path: str
     ) -> None:
         scope[ROUTE_KEY] = route.path  # the metrics' route label (supervisor/metrics.py)
+        if self._cors and _is_preflight(scope):
+            await _preflight(scope, send, self._cors)
+            return
         body: bytes | None = None
         try:
             with trio.move_on_after(self._config.body_timeout_s):
@@ -253,10 +258,10 @@ class WorkerApp:
             for line in result.stderr.decode("utf-8", "replace").splitlines():
                 log.info("[%s] %s", route.path, line)
         if isinstance(result, Reply):
-            await _send_reply(send, result)
+            await _send_reply(send, result, self._cors)
             return
         _log_failure(route, result, limits.fuel)
-        await _send_failure(send, FailureKind(result.kind))
+        await _send_failure(send, FailureKind(result.kind), self._cors)
 
     async def _send_static(self, scope: Scope, send: Send, static: StaticFile, status: int = 200) -> None:
         method = scope["method"]
@@ -341,7 +346,28 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _send_reply(send: Send, reply: Reply) -> None:
+def _is_preflight(scope: Scope) -> bool:
+    if scope["method"] != "OPTIONS":
+        return False
+    return any(name == b"access-control-request-method" for name, _ in scope["headers"])
+
+
+async def _preflight(scope: Scope, send: Send, origins: bytes) -> None:
+    # A browser asks before a cross-origin call with a custom method or
+    # header: allow what it asks for, for the configured origins.
+    asked = dict(scope["headers"])
+    headers = [
+        (b"access-control-allow-origin", origins),
+        (b"access-control-allow-methods", asked.get(b"access-control-request-method", b"GET")),
+        (b"access-control-max-age", b"600"),
+    ]
+    if b"access-control-request-headers" in asked:
+        headers.append((b"access-control-allow-headers", asked[b"access-control-request-headers"]))
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _send_reply(send: Send, reply: Reply, cors: bytes | None = None) -> None:
     headers = [
         (name.encode("latin-1"), value.encode("latin-1", "replace"))
         for name, value in reply.headers
@@ -353,12 +379,16 @@ async def _send_reply(send: Send, reply: Reply) -> None:
     else:
         # Our own length: a worker's framing headers could desynchronise the connection.
         headers.append((b"content-length", str(len(body)).encode()))
+    if cors and not any(name.lower() == "access-control-allow-origin" for name, _ in reply.headers):
+        headers.append((b"access-control-allow-origin", cors))  # as wws: unless the worker set its own
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_failure(send: Send, kind: FailureKind) -> None:
+async def _send_failure(send: Send, kind: FailureKind, cors: bytes | None = None) -> None:
     extra = [(b"x-wws-failure", kind.value.encode())]
+    if cors:
+        extra.append((b"access-control-allow-origin", cors))
     if kind in (FailureKind.OVERLOADED, FailureKind.KV_CONTENDED):
         extra.append((b"retry-after", b"1"))
     if kind in _CLOSE_AFTER:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from supervisor.config import (
     default_max_connections,
     default_runtimes_dir,
 )
+from supervisor.logs import error_line, setup_logging, startup_output
+from supervisor.options_file import OptionsFileError, read_options
 
 _DESCRIPTION = """\
 Serve a folder of WebAssembly workers over HTTP, like Wasm Workers Server (wws),
@@ -225,13 +226,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="KV store: memory:// (default, lost on restart), sqlite:///path/kv.db, redis://host:port/db",
     )
     ops.add_argument(
-        "--access-log", action="store_true", help="log one line per request (client, request, status)"
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML file holding any of these options by long name (memory-mb = 64); flags override it; "
+        "re-read on SIGHUP",
     )
+    ops.add_argument(
+        "--watch", action="store_true", help="reload when a file of the project changes (for development)"
+    )
+    ops.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="do not log one line per request (logged by default, as wws does)",
+    )
+    ops.add_argument("--access-log", action="store_true", help=argparse.SUPPRESS)  # the old opt-in, kept
     ops.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="log verbosity on stderr (default: info)",
+        help="log verbosity (default: info)",
+    )
+    ops.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="log lines on stdout as text, or as one JSON object per line (default: text)",
+    )
+    http.add_argument(
+        "--certfile", type=Path, default=None, help="serve HTTPS (and HTTP/2) with this certificate"
+    )
+    http.add_argument("--keyfile", type=Path, default=None, help="the certificate's private key")
+    http.add_argument(
+        "--ca-certs", type=Path, default=None, help="ask clients for certificates signed by these CAs"
+    )
+    http.add_argument(
+        "--cors",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow this origin (or *) to call the workers from a browser (repeatable, as wws)",
     )
     admin = parser.add_argument_group("admin listener (metrics, health, JSON API, status page)")
     admin.add_argument(
@@ -280,7 +316,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         runtimes_dir=args.runtimes_dir or default_runtimes_dir(),
         cache_max_mb=args.cache_max_mb,
         log_level=args.log_level,
+        log_format=args.log_format,
         access_log=args.access_log,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        ca_certs=args.ca_certs,
+        cors_origins=tuple(args.cors),
+        watch=args.watch,
         kv_url=args.kv,
         env=tuple(args.env),
         env_files=tuple(args.env_file),
@@ -290,8 +332,30 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
+def load_config(argv: list[str]) -> tuple[argparse.Namespace, ServerConfig]:
+    """The command line, over the ``--config`` file when there is one.
+
+    Raises:
+        SystemExit: invalid options or an unusable configuration file (the
+            reason is printed, as argparse does).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is not None:
+        try:
+            parser.set_defaults(**read_options(args.config, parser))
+        except OptionsFileError as exc:
+            parser.error(str(exc))
+        args = parser.parse_args(argv)
+    return args, config_from_args(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["systemd-unit"]:
+        from supervisor.systemd_unit import main as unit_main
+
+        return unit_main(argv[1:])
     if argv[:1] == ["runtimes"]:  # `wws-supervisor runtimes install|list|uninstall`
         from supervisor.runtimes import main as runtimes_main
 
@@ -300,20 +364,15 @@ def main(argv: list[str] | None = None) -> int:
         from supervisor.cache_admin import main as cache_main
 
         return cache_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    config = config_from_args(args)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    args, config = load_config(argv)
+    setup_logging(config.log_level, config.log_format)
     from supervisor.project import StartupError
     from supervisor.server import run
 
     try:
-        run(config, args.path, sys.stdout, argv)
+        run(config, args.path, startup_output(config.log_format), argv, lambda: load_config(argv)[1])
     except StartupError as exc:
-        print(f"❌ {exc}", file=sys.stderr)
+        print(error_line(str(exc), sys.stderr), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

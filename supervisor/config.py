@@ -66,7 +66,15 @@ class ServerConfig:
     # Least recently used cache entries go past this (runner.cache_hygiene).
     cache_max_mb: int = 512
     log_level: str = "info"
-    access_log: bool = False
+    log_format: str = "text"
+    access_log: bool = True
+    # TLS (and HTTP/2 by ALPN) when a certificate is given.
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    ca_certs: Path | None = None
+    # --cors: origins allowed to call workers from a browser.
+    cors_origins: tuple[str, ...] = ()
+    watch: bool = False
     kv_url: str = "memory://"
     # WAGI's guest environment: --env NAME=VALUE pairs over --env-file files.
     env: tuple[str, ...] = ()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import io
 import json
 import logging
 import os
@@ -23,25 +24,34 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TextIO
 
 import hypercorn.config
 import trio
 
 from runner.lifeline import die_with_parent
+from supervisor import metrics
 from supervisor.asgi import WorkerApp
+from supervisor.compiling import compile_project
 from supervisor.config import ServerConfig
+from supervisor.generations import Generation, Switch
 from supervisor.http_front import HttpFront, Shutdown
-from supervisor.kv import KvUnavailable, open_kv
+from supervisor.kv import KvStore, KvUnavailable, open_kv
+from supervisor.logs import setup_logging
+from supervisor.notify import Notifier
 from supervisor.pool import Pool, RunnerBootError
 from supervisor.project import Project, StartupError, load_project
+from supervisor.runner_state import StatePublisher
 from supervisor.scratch import make_scratch
+from supervisor.watch import reload_on_change
 
 log = logging.getLogger("supervisor.frontend")  # also when run as __main__
 
 # What a front-end process tells the arbiter on its stdout, one line each.
 READY_LINE = b"ready\n"
+DRAINING_LINE = b"draining\n"  # no new connection reaches this front end any more
 ERROR_PREFIX = b"error: "
 
 
@@ -52,71 +62,191 @@ def _hypercorn_config(config: ServerConfig) -> hypercorn.config.Config:
     hc.accesslog = logging.getLogger("wws.access") if config.access_log else None
     hc.access_log_format = '%(h)s "%(R)s" %(s)s %(b)s %(L)ss'
     hc.errorlog = logging.getLogger("hypercorn.error")
+    if config.certfile is not None:
+        hc.certfile = str(config.certfile)
+        hc.keyfile = str(config.keyfile) if config.keyfile is not None else None
+        hc.ca_certs = str(config.ca_certs) if config.ca_certs is not None else None
     return hc
 
 
-async def serve_front(
-    config: ServerConfig,
-    project: Project,
-    broken: set[str],
-    sock: socket.socket,
-    ready: Callable[[], None],
-) -> None:
-    """Serve ``project`` on ``sock`` with ``config.pool.workers`` runners until
-    a signal stops it; ``ready`` is called once everything is up.
+ReloadSource = Callable[[], ServerConfig]
 
-    Raises:
-        StartupError: the KV store cannot be reached, or no runner can boot.
-    """
-    with contextlib.ExitStack() as stack:
-        scratch = make_scratch()
-        stack.callback(shutil.rmtree, scratch, ignore_errors=True)
-        try:
-            kv = open_kv(config.kv_url)
-        except KvUnavailable as exc:
-            raise StartupError(str(exc)) from None
-        stack.callback(kv.close)
+
+async def _until_cancelled(task: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+    # Runs ``task`` inside ``scope``, which shutdown cancels.
+    with scope:
+        await task()
+
+
+class FrontEnd:
+    """One front end's program: the HTTP front, the current generation (and,
+    during a reload, the one before it), the signal watcher."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        project_arg: str,
+        notifier: Notifier,
+        reload_source: ReloadSource | None = None,
+        stopped_accepting: Callable[[], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._stopped_accepting = stopped_accepting
+        self._project_arg = project_arg
+        self._notifier = notifier
+        self._reload_source = reload_source
+        self._generations: list[Generation] = []
+        self._reload_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._kv: KvStore | None = None
+        self._scratch: Path | None = None
+        self.shutdown = Shutdown()
+        self._publisher = StatePublisher(self.shutdown)  # for the admin listener, when there is one
+
+    async def serve(
+        self, project: Project, broken: set[str], sock: socket.socket, ready: Callable[[], None]
+    ) -> None:
+        """Serve ``project`` on ``sock`` until a signal stops it; ``ready`` is
+        called once everything is up.
+
+        Raises:
+            StartupError: the KV store cannot be reached, or no runner can boot.
+        """
+        config = self._config
+        with contextlib.ExitStack() as stack:
+            self._scratch = make_scratch()
+            stack.callback(shutil.rmtree, self._scratch, ignore_errors=True)
+            try:
+                self._kv = open_kv(config.kv_url)
+            except KvUnavailable as exc:
+                raise StartupError(str(exc)) from None
+            stack.callback(self._kv.close)
+            # Requests still running this long before the grace ends are cut
+            # short, so they can still be answered before connections close.
+            margin = min(0.5, config.graceful_timeout_s / 4)
+            self.shutdown.on_deadline(self._hurry_all(margin))
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    switch = Switch(await self._start_generation(config, project, broken))
+                    app = metrics.instrument(switch)  # counted when the admin listener is on
+                    front = HttpFront(app, _hypercorn_config(config), sock, config.max_connections)
+                    signals_scope, watch_scope = trio.CancelScope(), trio.CancelScope()
+                    nursery.start_soon(self._watch_signals, switch, signals_scope, margin)
+                    if config.watch and self._reload_source is not None:
+                        watcher = functools.partial(
+                            reload_on_change, config.project, functools.partial(self.reload, switch)
+                        )
+                        nursery.start_soon(_until_cancelled, watcher, watch_scope)
+                    nursery.start_soon(self._publisher.run)
+
+                    async def run_http(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                        try:
+                            await front.serve(
+                                self.shutdown,
+                                stopped_accepting=self._stopped_accepting,
+                                task_status=task_status,
+                            )
+                        finally:
+                            for generation in self._generations:
+                                generation.pool.close()
+                            signals_scope.cancel()
+                            watch_scope.cancel()
+                            self._publisher.stop()
+
+                    await nursery.start(run_http)
+                    ready()
+            except* RunnerBootError as group:
+                raise StartupError(f"no runner can start: {group.exceptions[0]}") from None
+
+    def _hurry_all(self, margin: float) -> Callable[[float], None]:
+        def hurry(deadline: float) -> None:
+            for generation in self._generations:
+                generation.pool.hurry(deadline - margin)
+
+        return hurry
+
+    async def _start_generation(self, config: ServerConfig, project: Project, broken: set[str]) -> Generation:
+        assert self._nursery is not None and self._kv is not None and self._scratch is not None
+        number = self._generations[-1].number + 1 if self._generations else 1
         specs = [spec for spec in project.specs if spec.worker_id not in broken]
-        pool = Pool(config.pool, specs, config.cache_dir, scratch)
-        app = WorkerApp(config, project.routes, project.public, pool, project.settings, broken, kv)
-        front = HttpFront(app, _hypercorn_config(config), sock, config.max_connections)
-        shutdown = Shutdown()
-        # Requests still running this long before the grace ends are cut
-        # short, so they can still be answered before connections close.
-        margin = min(0.5, config.graceful_timeout_s / 4)
-        shutdown.on_deadline(lambda deadline: pool.hurry(deadline - margin))
+        pool = Pool(config.pool, specs, config.cache_dir, self._scratch)
+        pool.generation = number
+        app = WorkerApp(config, project.routes, project.public, pool, project.settings, broken, self._kv)
+        await self._nursery.start(pool.run)
+        self._publisher.watch(pool, project, broken)
+        generation = Generation(number, project, app, pool)
+        self._generations.append(generation)
+        return generation
+
+    async def _watch_signals(self, switch: Switch, scope: trio.CancelScope, hurry_s: float) -> None:
+        grace_s = self._config.graceful_timeout_s
+        with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    if not self.shutdown.requested.is_set():
+                        assert self._nursery is not None
+                        self._nursery.start_soon(self.reload, switch)
+                elif not self.shutdown.requested.is_set():
+                    log.info(
+                        "%s received: finishing in-flight requests (up to %.1f s), then stopping",
+                        name,
+                        grace_s,
+                    )
+                    self._notifier.stopping()
+                    self.shutdown.begin(grace_s)
+                else:
+                    # Cut the grace short, but still answer, stop the runners and clean up.
+                    log.warning("second %s: answering in-flight requests 503 and stopping now", name)
+                    self.shutdown.begin(hurry_s)
+
+    async def reload(self, switch: Switch) -> None:
+        """Load the project and configuration again, compile what changed,
+        start a new generation of runners and switch to it; the old one
+        finishes its requests, then stops. Any failure keeps the old one."""
+        if self._reload_source is None:
+            log.warning("SIGHUP: this front end is reloaded by its arbiter; ignored")
+            return
+        async with self._reload_lock:
+            self._notifier.reloading()
+            old = switch.current
+            log.info("SIGHUP received: reloading the project (generation %d serves meanwhile)", old.number)
+            try:
+                new = await self._prepare_generation()
+            except StartupError as exc:
+                log.error("reload failed, generation %d keeps serving: %s", old.number, exc)
+                self._notifier.ready(f"serving generation {old.number}; the last reload failed: {exc}")
+                return
+            switch.current = new
+            log.info(
+                "reloaded: generation %d serves %d route(s); generation %d ends after %d request(s)",
+                new.number,
+                len(new.project.routes.routes),
+                old.number,
+                old.active,
+            )
+            self._notifier.ready(f"serving generation {new.number}")
+            await old.retire()
+            self._generations.remove(old)
+
+    async def _prepare_generation(self) -> Generation:
+        assert self._reload_source is not None
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(pool.run)
-                signals_scope = trio.CancelScope()
-                nursery.start_soon(watch_signals, shutdown, signals_scope, config.graceful_timeout_s, margin)
-
-                async def run_http(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                    try:
-                        await front.serve(shutdown, task_status=task_status)
-                    finally:
-                        pool.close()
-                        signals_scope.cancel()
-
-                await nursery.start(run_http)
-                ready()
-        except* RunnerBootError as group:
-            raise StartupError(f"no runner can start: {group.exceptions[0]}") from None
-
-
-async def watch_signals(shutdown: Shutdown, scope: trio.CancelScope, grace_s: float, hurry_s: float) -> None:
-    with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if not shutdown.requested.is_set():
-                log.info(
-                    "%s received: finishing in-flight requests (up to %.1f s), then stopping", name, grace_s
-                )
-                shutdown.begin(grace_s)
-            else:
-                # Cut the grace short, but still answer, stop the runners and clean up.
-                log.warning("second %s: answering in-flight requests 503 and stopping now", name)
-                shutdown.begin(hurry_s)
+            config = self._reload_source()
+        except SystemExit as exc:  # argparse (a broken --config file) exits after printing why
+            raise StartupError(f"the configuration cannot be read ({exc})") from None
+        current = self._config
+        if (config.host, config.port, config.kv_url) != (current.host, current.port, current.kv_url):
+            log.warning("the address and the KV store change only with a restart; keeping the current ones")
+            config = dataclasses.replace(config, host=current.host, port=current.port, kv_url=current.kv_url)
+        quiet = io.StringIO()  # startup lines are for the first start only
+        project, config = load_project(config, self._project_arg, quiet)
+        broken = await compile_project(config, project, self._project_arg, quiet)
+        try:
+            return await self._start_generation(config, project, broken)
+        except RunnerBootError as exc:
+            raise StartupError(f"the new runners cannot start: {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +259,7 @@ class FrontendOrder:
     max_connections: int
     broken: list[str]  # workers that failed to load at compile time
     socket_fd: int
+    status_fd: int  # where READY_LINE or ERROR_PREFIX lines go (logs go to stdout)
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()
@@ -138,9 +269,9 @@ class FrontendOrder:
         return cls(**json.loads(data))
 
 
-def _report(line: bytes) -> None:
+def _report(fd: int, line: bytes) -> None:
     with contextlib.suppress(OSError):
-        os.write(1, line)
+        os.write(fd, line)
 
 
 async def _serve_order(order: FrontendOrder, config: ServerConfig, out: TextIO) -> None:
@@ -153,7 +284,9 @@ async def _serve_order(order: FrontendOrder, config: ServerConfig, out: TextIO) 
         max_connections=order.max_connections,
     )
     sock = socket.socket(fileno=order.socket_fd)
-    await serve_front(config, project, set(order.broken), sock, lambda: _report(READY_LINE))
+    draining = functools.partial(_report, order.status_fd, DRAINING_LINE)
+    front = FrontEnd(config, str(config.project), Notifier({}), stopped_accepting=draining)
+    await front.serve(project, set(order.broken), sock, lambda: _report(order.status_fd, READY_LINE))
 
 
 def main() -> int:
@@ -163,17 +296,15 @@ def main() -> int:
     from supervisor.cli import build_parser, config_from_args
 
     order = FrontendOrder.from_json(sys.stdin.buffer.read())
+    metrics.enable_inherited(order.index)  # before anything counts
     config = config_from_args(build_parser().parse_args(order.argv))
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s frontend-{order.index} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(config.log_level, config.log_format, prefix=f"frontend-{order.index} ")
     try:
         with open(os.devnull, "w") as quiet:
             trio.run(functools.partial(_serve_order, order, config, quiet))
     except StartupError as exc:
-        _report(ERROR_PREFIX + str(exc).encode("utf-8", "replace").replace(b"\n", b" ") + b"\n")
+        message = str(exc).encode("utf-8", "replace").replace(b"\n", b" ")
+        _report(order.status_fd, ERROR_PREFIX + message + b"\n")
         return 1
     return 0
 

@@ -19,6 +19,7 @@ import errno
 import logging
 import math
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import hypercorn.config
@@ -42,6 +43,8 @@ _REFUSAL_LOG_EVERY_S = 10.0
 # many at once and for this long (beyond that they are simply closed).
 _MAX_LINGERING = 32
 _LINGER_S = 1.0
+# At shutdown, how long freshly accepted connections get to send their request.
+_SETTLE_S = 0.5
 
 
 class Shutdown:
@@ -81,21 +84,30 @@ class HttpFront:
         self, app: Any, config: hypercorn.config.Config, sock: socket.socket, max_connections: int
     ) -> None:
         self._app = wrap_app(app, config.wsgi_max_body_size, "asgi")
+        # TLS when the config names a certificate; ALPN then offers h2 first.
+        self._ssl_context = config.create_ssl_context()
         self._config = config
         self._sock = sock
         self._sock.setblocking(False)
         self._limit = max_connections
         self._context = WorkerContext(None)
         self.active = 0
+        self._no_connections = trio.Event()
+        self._no_connections.set()
         self.refused = 0
         self._lingering = 0
         self._last_refusal_log = -math.inf
 
     async def serve(
-        self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        shutdown: Shutdown,
+        *,
+        stopped_accepting: Callable[[], None] | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept until ``shutdown`` begins, then drain within its deadline.
-        The listening socket is closed when this returns."""
+        """Accept until ``shutdown`` begins, then drain within its deadline
+        (``stopped_accepting`` is called as soon as no new connection can
+        arrive here). The listening socket is closed when this returns."""
         try:
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as acceptor:
@@ -103,10 +115,19 @@ class HttpFront:
                     task_status.started()
                     await shutdown.requested.wait()
                     acceptor.cancel_scope.cancel()
-                self._sock.close()  # new clients are refused by the kernel from now on
+                # Our copy of the socket: other processes may still hold it
+                # (a reload's new front end); otherwise the kernel now refuses.
+                self._sock.close()
+                if stopped_accepting is not None:
+                    stopped_accepting()
+                shutdown.bind(connections.cancel_scope)
+                # Connections accepted a moment ago look idle until their
+                # request arrives; closing idle ones now would drop those
+                # requests. Give them a moment to arrive first.
+                with trio.move_on_at(min(shutdown.deadline, trio.current_time() + _SETTLE_S)):
+                    await self._no_connections.wait()
                 # Idle keep-alive connections close when this is set.
                 await self._context.terminated.set()
-                shutdown.bind(connections.cancel_scope)
         finally:
             self._sock.close()
 
@@ -127,6 +148,7 @@ class HttpFront:
                 self._refuse(conn, connections)
                 continue
             self.active += 1
+            self._no_connections = trio.Event()
             connections.start_soon(self._handle, conn)
 
     def _refuse(self, conn: socket.socket, connections: trio.Nursery) -> None:
@@ -165,7 +187,12 @@ class HttpFront:
 
     async def _handle(self, conn: socket.socket) -> None:
         try:
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+            stream: trio.abc.Stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+            if self._ssl_context is not None:
+                # hypercorn does the handshake (bounded by its ssl_handshake_timeout).
+                stream = trio.SSLStream(stream, self._ssl_context, server_side=True, https_compatible=True)
             await TCPServer(self._app, self._config, self._context, ConnectionState({}), stream)  # type: ignore[arg-type]
         finally:
             self.active -= 1
+            if self.active == 0:
+                self._no_connections.set()

@@ -12,7 +12,6 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import socket
 import tempfile
 import time
@@ -21,16 +20,15 @@ from typing import TextIO
 
 import trio
 
+from supervisor.admin import open_admin
 from supervisor.arbiter import run_arbiter
-from supervisor.cache_admin import prune_after_start
-from supervisor.compile_progress import with_progress
+from supervisor.compiling import compile_project
 from supervisor.config import ServerConfig
-from supervisor.discovery import WorkerFile
-from supervisor.frontend import serve_front
+from supervisor.frontend import FrontEnd, ReloadSource
 from supervisor.kv import KvUnavailable, open_kv
-from supervisor.pool import Pool, RunnerBootError
+from supervisor.notify import Notifier
 from supervisor.project import Project, StartupError, load_project
-from supervisor.scratch import make_scratch, remove_stale_scratch
+from supervisor.scratch import remove_stale_scratch
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +96,15 @@ def frontend_count(config: ServerConfig, project: Project) -> int:
     return max(1, min(os.cpu_count() or 1, _MAX_AUTO_FRONTENDS, runners // 2))
 
 
-async def serve(config: ServerConfig, project_arg: str, out: TextIO, argv: list[str]) -> None:
-    """Run the server until a signal stops it.
+async def serve(
+    config: ServerConfig, project_arg: str, out: TextIO, argv: list[str], reload_source: ReloadSource
+) -> None:
+    """Run the server until a signal stops it; SIGHUP reloads it.
 
     Args:
         argv: the command line as given; front-end processes parse it again.
+        reload_source: reads the configuration again (command line over
+            ``--config`` file) for a reload.
 
     Raises:
         StartupError: a missing project, an unusable port or cache folder, a
@@ -119,13 +121,16 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO, argv: list[
             stack.callback(sock.close)
         port = sockets[0].getsockname()[1]
         remove_stale_scratch()
+        # Before any front end starts: they count into the admin's metrics folder.
+        admin = stack.enter_context(open_admin(config, frontends))
         try:
             open_kv(config.kv_url).close()  # reachable? (each front end opens its own)
         except KvUnavailable as exc:
             raise StartupError(str(exc)) from None
         print(f"⏳ Loading workers from {len(project.routes.routes)} routes...", file=out)
-        broken = await _compile(config, project, project_arg, out)
-        base_url = f"http://{_url_host(config.host)}:{port}"
+        broken = await compile_project(config, project, project_arg, out)
+        scheme = "https" if config.certfile is not None else "http"
+        base_url = f"{scheme}://{_url_host(config.host)}:{port}"
 
         def ready() -> None:
             print(f"✅ Workers loaded in {time.perf_counter() - started:.3f}s.", file=out)
@@ -136,53 +141,28 @@ async def serve(config: ServerConfig, project_arg: str, out: TextIO, argv: list[
                 print(f"      => {os.path.join(shown, route.worker.relative)}", file=out)
             if frontends > 1:
                 print(f"🧩 {frontends} front ends, {config.pool.workers} runners in all", file=out)
+            if admin is not None:
+                print(f"📊 {admin.banner}", file=out)
             print(f"🚀 Start serving requests at {base_url}\n", file=out, flush=True)
+            notifier.ready(f"serving {len(project.routes.routes)} routes at {base_url}")
 
-        if frontends == 1:
-            await serve_front(config, project, broken, sockets[0], ready)
-        else:
-            await run_arbiter(config, argv, sockets, broken, ready)
-
-
-async def _compile(config: ServerConfig, project: Project, project_arg: str, out: TextIO) -> set[str]:
-    scratch = make_scratch()
-    try:
-        pool = Pool(config.pool, project.specs, config.cache_dir, scratch)
-        return await _compile_in(pool, project.workers, project_arg, out, config)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-async def _compile_in(
-    pool: Pool, workers: list[WorkerFile], project_arg: str, out: TextIO, config: ServerConfig
-) -> set[str]:
-    """Compile every worker once (with progress lines when that takes a
-    while), then prune the cache; returns the scripts that failed to load.
-
-    Raises:
-        StartupError: a compiled worker cannot be loaded.
-    """
-    since = time.time()
-    try:
-        errors = await with_progress(pool.prepare, config.cache_dir, workers, out)
-    except* RunnerBootError as group:
-        raise StartupError(str(group.exceptions[0])) from None
-    prune_after_start(config.cache_dir, config.cache_max_mb, since)
-    kinds = {w.relative: w.kind for w in workers}
-    scripts = ("js", "py", "rb")  # a script that cannot load costs its own route only
-    fatal = {worker_id: reason for worker_id, reason in errors.items() if kinds[worker_id] not in scripts}
-    if fatal:
-        worker_id, reason = next(iter(fatal.items()))
-        more = f" (and {len(fatal) - 1} more)" if len(fatal) > 1 else ""
-        raise StartupError(f"cannot load worker {worker_id}: {reason}{more}")
-    # A broken script costs its own route only: it answers 500 and the rest of
-    # the server runs.
-    broken = set(errors)
-    for worker_id in sorted(broken):
-        print(f"❌ {os.path.join(project_arg, worker_id)}: {errors[worker_id]}", file=out)
-        log.error("worker %s cannot be loaded; its route answers 500: %s", worker_id, errors[worker_id])
-    return broken
+        notifier = Notifier()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(notifier.watchdog)
+                if admin is not None:
+                    await nursery.start(admin.serve)
+                if frontends == 1:
+                    front = FrontEnd(config, project_arg, notifier, reload_source)
+                    await front.serve(project, broken, sockets[0], ready)
+                else:
+                    await run_arbiter(config, argv, sockets, broken, ready, notifier, reload_source)
+                nursery.cancel_scope.cancel()  # the watchdog: we are done
+        finally:
+            notifier.close()
 
 
-def run(config: ServerConfig, project_arg: str, out: TextIO, argv: list[str]) -> None:
-    trio.run(functools.partial(serve, config, project_arg, out, argv))
+def run(
+    config: ServerConfig, project_arg: str, out: TextIO, argv: list[str], reload_source: ReloadSource
+) -> None:
+    trio.run(functools.partial(serve, config, project_arg, out, argv, reload_source))

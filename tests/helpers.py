@@ -24,7 +24,7 @@ import trio
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 TEST_PROJECT = Path(__file__).resolve().parent / "project"
-_START = re.compile(r"Start serving requests at http://([^\s:]+|\[[^\]]+\]):(\d+)")
+_START = re.compile(r"Start serving requests at https?://([^\s:]+|\[[^\]]+\]):(\d+)")
 
 
 def _set_rlimits(rlimits: dict[int, tuple[int, int]]) -> None:
@@ -63,8 +63,11 @@ class ServerProcess:
             cwd=REPO,
             preexec_fn=functools.partial(_set_rlimits, rlimits) if rlimits else None,
         )
-        self.stdout_lines: list[str] = []
-        self.stderr_lines: list[str] = []
+        # Logs go to stdout and startup errors to stderr: tests read one
+        # merged, ordered list of lines under either name.
+        self.lines: list[str] = []
+        self.stdout_lines = self.lines
+        self.stderr_lines = self.lines
         self._cond = threading.Condition()
         self._closed = 0
         self._threads = [
@@ -87,9 +90,10 @@ class ServerProcess:
     def wait_for(
         self, pattern: str, *, stream: str = "stderr", timeout: float = 30.0, start: int = 0
     ) -> re.Match[str]:
-        """Block until a line of ``stream`` (from index ``start``) matches ``pattern``."""
+        """Block until an output line (from index ``start``) matches ``pattern``
+        (``stream`` is kept for callers; stdout and stderr are one list)."""
         rx = re.compile(pattern)
-        sink = self.stderr_lines if stream == "stderr" else self.stdout_lines
+        sink = self.lines
         with self._cond:
             index = start
             found: re.Match[str] | None = None
@@ -106,8 +110,7 @@ class ServerProcess:
             self._cond.wait_for(ready, timeout=timeout)
             if found is None:
                 raise AssertionError(
-                    f"no {stream} line matched {pattern!r}; stdout={self.stdout_lines[-20:]} "
-                    f"stderr={self.stderr_lines[-30:]}"
+                    f"no line matched {pattern!r}; output={self.lines[-40:]}"
                 )
             return found
 

@@ -34,7 +34,7 @@ def test_startup_lists_every_route(examples_server: ServerProcess) -> None:
         ("/users/[id]", "users/[id].wasm"),
     ]:
         assert f"    - http://127.0.0.1:{port}{route}\n      => {EXAMPLES}/{file}" in out
-    assert out.splitlines()[0] == f"⚙️  Preparing the project from: {EXAMPLES}"
+    assert out.splitlines()[0] == f"Preparing the project from: {EXAMPLES}"
 
 
 async def test_every_example_answers(examples_server: ServerProcess) -> None:

@@ -142,7 +142,7 @@ def test_memory_kv_with_several_front_ends_is_a_startup_error(cache_dir: Path) -
     server = ServerProcess(KV_PROJECT, ["--frontends", "2", "-w", "2"], cache_dir)
     try:
         assert server.wait_exit(60) == 1
-        (line,) = [line for line in server.stderr_lines if line.startswith("❌")]
+        (line,) = [line for line in server.stderr_lines if line.startswith("error:")]
         assert "--kv sqlite:///" in line and "--frontends 1" in line
     finally:
         server.stop()

@@ -214,7 +214,7 @@ def test_an_unusable_cache_dir_is_one_line(tmp_path: Path) -> None:
     result = _run_cli([str(PROJECT), "-p", "0", "--cache-dir", str(not_a_folder)])
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    (last,) = [line for line in result.stderr.splitlines() if line.startswith("❌")]
+    (last,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert str(not_a_folder) in last and "--cache-dir" in last
 
 
@@ -227,7 +227,7 @@ def test_runners_that_cannot_boot_stop_startup_with_their_own_error(cache_dir: P
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "stack backtrace" not in result.stderr
-    (last,) = [line for line in result.stderr.splitlines() if line.startswith("❌")]
+    (last,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "RLIMIT_AS" in last and "ulimit -v" in last
 
 

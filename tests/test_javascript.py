@@ -27,8 +27,8 @@ def js_server(cache_dir: Path) -> Iterator[ServerProcess]:
 
 
 def test_syntax_error_reported_at_startup_with_file_and_line(js_server: ServerProcess) -> None:
-    line = next(line for line in js_server.stdout_lines if line.startswith("❌"))
-    assert line.startswith(f"❌ {JS_PROJECT}/broken.js: SyntaxError")
+    line = next(line for line in js_server.stdout_lines if line.startswith("error:"))
+    assert line.startswith(f"error: {JS_PROJECT}/broken.js: SyntaxError")
     assert "broken.js:3" in line
 
 
@@ -215,5 +215,5 @@ async def test_request_body_sync_and_awaited(js_server: ServerProcess) -> None:
 
 
 def test_top_level_infinite_loop_fails_the_load_not_the_server(js_server: ServerProcess) -> None:
-    line = next(line for line in js_server.stdout_lines if "toplevel.js" in line and line.startswith("❌"))
+    line = next(line for line in js_server.stdout_lines if "toplevel.js" in line and line.startswith("error:"))
     assert "trapped while loading" in line

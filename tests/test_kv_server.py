@@ -131,5 +131,5 @@ async def test_unreachable_redis_is_a_startup_error(cache_dir: Path) -> None:
     )
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("❌ cannot reach Redis at redis://127.0.0.1:1/0: ")
+    assert line.startswith("error: cannot reach Redis at redis://127.0.0.1:1/0: ")
     assert "Connection refused" in line

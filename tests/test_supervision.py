@@ -209,7 +209,7 @@ def test_missing_path_is_a_one_line_error() -> None:
     result = _run_cli("/no/such/folder")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "❌ there is no folder at /no/such/folder; pass the folder that holds your workers"
+        "error: there is no folder at /no/such/folder; pass the folder that holds your workers"
     ]
 
 
@@ -221,7 +221,7 @@ def test_busy_port_is_a_one_line_error(cache_dir: Path) -> None:
         result = _run_cli(str(TEST_PROJECT), "-p", str(port), "--cache-dir", str(cache_dir))
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith(f"❌ cannot listen on 127.0.0.1:{port}: ")
+    assert line.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
     assert "in use" in line
 
 
@@ -230,7 +230,7 @@ def test_invalid_wasm_is_a_one_line_error(tmp_path: Path, cache_dir: Path) -> No
     result = _run_cli(str(tmp_path), "-p", "0", "--cache-dir", str(cache_dir))
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("❌ cannot load worker broken.wasm: invalid WebAssembly module")
+    assert line.startswith("error: cannot load worker broken.wasm: invalid WebAssembly module")
     assert "Traceback" not in result.stderr
 
 
@@ -239,7 +239,7 @@ def test_unreadable_worker_is_a_one_line_error(tmp_path: Path, cache_dir: Path) 
     result = _run_cli(str(tmp_path), "-p", "0", "--cache-dir", str(cache_dir))
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
-    assert line == "❌ cannot load worker gone.wasm: cannot read the file: No such file or directory"
+    assert line == "error: cannot load worker gone.wasm: cannot read the file: No such file or directory"
 
 
 def test_unknown_import_is_reported_at_startup(tmp_path: Path, cache_dir: Path) -> None:

@@ -145,7 +145,7 @@ def test_broken_toml_stops_startup_with_one_line(tmp_path: Path, cache_dir: Path
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"❌ {tmp_path}/hello.toml:3: limits.fuel must be a whole number greater than 0"
+        f"error: {tmp_path}/hello.toml:3: limits.fuel must be a whole number greater than 0"
     ]
 
 
