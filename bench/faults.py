@@ -51,7 +51,7 @@ _EXPLAIN = (
     "request counts against the class running when it started. *Pool full again*: worst round, seconds "
     "from the end of the fault until every runner slot has a live, idle runner."
 )
-_BACKOFF = re.compile(r"restarting in ([\d.]+) s after (\d+) crash")
+_BACKOFF = re.compile(r"restarting in ([\d.]+) s after (\d+) (?:crash|failure)")
 
 
 async def run_class(ctx: Ctx, fault: FaultClass, rounds: int) -> dict[str, Any]:
@@ -133,7 +133,8 @@ def summarise(fault: FaultClass, raw: dict[str, Any], samples: list[Sample], rou
             problems.append(f"{late} unrelated failures after the fault ended")
     if log["backoff_max_crashes"]:
         notes.append(
-            f"crash backoff up to {log['backoff_max_s']:.2f} s after {log['backoff_max_crashes']} crash(es)"
+            f"restart backoff up to {log['backoff_max_s']:.2f} s "
+            f"after {log['backoff_max_crashes']} failure(s)"
         )
     if log["tracebacks"]:
         notes.append(f"{log['tracebacks']} traceback(s) in the log")
