@@ -38,7 +38,17 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fault_classes import CLASSES, Ctx, FaultClass
-from bench.probe import REPO, WORKERS, PacedClient, Sample, lives, restart, start_server, wait_pool_full
+from bench.probe import (
+    REPO,
+    WORKERS,
+    PacedClient,
+    Sample,
+    command_args,
+    lives,
+    restart,
+    start_server,
+    wait_pool_full,
+)
 
 _MIN_WATCH_S = 1.0
 # A short body timeout (default 30 s) keeps the slow-body rounds short; the
@@ -257,7 +267,7 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
     # A copy of the tree without .git (to measure one commit while others edit) names it itself.
     commit = os.environ.get("WWS_BENCH_COMMIT") or git("rev-parse", "--short", "HEAD")
     return {
-        "command": "python bench/faults.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python", "bench/faults.py", *command_args(sys.argv[1:])]),
         "commit": commit + (" plus uncommitted changes" if dirty else ""),
         "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -194,6 +194,17 @@ def get(path: str, port: int) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
 
 
+def command_args(argv: list[str]) -> list[str]:
+    """The arguments that shape the figures (where they are written does not)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("--out-dir"):
+            skip = arg == "--out-dir"
+            continue
+        out.append(arg)
+    return out
+
+
 def describe(status: int, failure: str) -> str:
     return f"{status} {failure}".strip() if status else failure
 

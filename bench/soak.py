@@ -34,7 +34,18 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.probe import REPO, WORKERS, PacedClient, Sample, Server, describe, exchange, get, start_server
+from bench.probe import (
+    REPO,
+    WORKERS,
+    PacedClient,
+    Sample,
+    Server,
+    command_args,
+    describe,
+    exchange,
+    get,
+    start_server,
+)
 
 ROUTES = [
     ("/hello", b"hello", 0.05),
@@ -203,7 +214,7 @@ def _round(value: float | None) -> float | None:
 def _meta(args: argparse.Namespace, interval: float, log: Path) -> dict[str, Any]:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return {
-        "command": "python bench/soak.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python", "bench/soak.py", *command_args(sys.argv[1:])]),
         "commit": os.environ.get("WWS_BENCH_COMMIT") or commit.stdout.strip(),
         "machine": f"{os.cpu_count()} CPUs ({platform.machine()}), Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
