@@ -25,7 +25,9 @@ from supervisor.children import Child, own
 
 log = logging.getLogger(__name__)
 runner_log = logging.getLogger("runner")
-_READ_SIZE = 1 << 20
+# Most replies fit one read. Asking for more than malloc hands out from its
+# heap (128 KiB) costs an mmap/munmap per read: 50-70 us against 2-4 us.
+_READ_SIZE = 1 << 16
 _F_SETPIPE_SZ = 1031
 _PIPE_SIZE = 1 << 20
 # Lines of a runner's own stderr kept to explain a boot failure.

@@ -25,7 +25,10 @@ def redis_server(workdir: Path) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         # Never a silent skip: the KV guarantees are only proven against a real Redis.
-        pytest.fail("redis-server is not installed: run `bash tests/run` (it installs it) or apt-get install redis-server")
+        pytest.fail(
+            "redis-server is not installed: run `bash tests/run` (it installs it)"
+            " or apt-get install redis-server"
+        )
     port = _free_port()
     drain: threading.Thread | None = None
     process = subprocess.Popen(

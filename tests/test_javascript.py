@@ -215,5 +215,7 @@ async def test_request_body_sync_and_awaited(js_server: ServerProcess) -> None:
 
 
 def test_top_level_infinite_loop_fails_the_load_not_the_server(js_server: ServerProcess) -> None:
-    line = next(line for line in js_server.stdout_lines if "toplevel.js" in line and line.startswith("error:"))
+    line = next(
+        line for line in js_server.stdout_lines if "toplevel.js" in line and line.startswith("error:")
+    )
     assert "trapped while loading" in line

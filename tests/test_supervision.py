@@ -182,7 +182,7 @@ async def test_no_zombies_or_fd_leaks_after_kills_and_timeouts(cache_dir: Path) 
             victim.kill()
             victim.wait(5)
             # Its own slot restarts it (after a short backoff: it died on its own).
-            slot = await _wait_log(server, rf"runner slot (\d+): restarting in", start=mark)
+            slot = await _wait_log(server, r"runner slot (\d+): restarting in", start=mark)
             await _wait_log(server, rf"runner (\d+) ready in slot {slot}", start=mark)
         for _ in range(4):
             assert (await http(port, "GET", "/hello")).status == 201
