@@ -79,11 +79,15 @@ if [ ! -f "$WORK/wheels.done" ]; then
   # redis needs async-timeout before 3.11.3 (Debian 12 has 3.11.2), so it is
   # listed by hand.
   version=$("$PY" -c 'import platform; print(platform.python_version())')
-  "$HOST_PY" -m pip install -q --disable-pip-version-check --target "$SITE" --upgrade \
+  # The log is shown only on failure (pip can be noisy about mirror settings).
+  if ! "$HOST_PY" -m pip install -q --disable-pip-version-check --target "$SITE" --upgrade \
     --only-binary=:all: --implementation cp --python-version "$version" --abi cp311 --abi abi3 --abi none \
     --platform manylinux_2_36_aarch64 --platform manylinux_2_28_aarch64 \
     --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 --platform any \
-    "${deps[@]}" "pytest>=8" "pytest-trio>=0.8" "async-timeout>=4.0.3" 2>&1 | grep -v "^WARNING: Location" || true
+    "${deps[@]}" "pytest>=8" "pytest-trio>=0.8" "async-timeout>=4.0.3" >"$WORK/pip.log" 2>&1; then
+    cat "$WORK/pip.log" >&2
+    exit 1
+  fi
   touch "$WORK/wheels.done"
 fi
 # The project is pure Python: its packages are copied next to their deps
