@@ -12,7 +12,7 @@ HTML with no data in it) needs ``Authorization: Bearer <token>``.
 ``/metrics``       Prometheus text format
 ``/healthz``       200 while the process answers
 ``/readyz``        200 when every front end has runners and none is draining
-``/api/v1/...``    ``workers``, ``runners``, ``requests`` (JSON)
+``/api/v1/...``    ``workers``, ``runners``, ``requests``, ``tenants`` (JSON)
 ``/``              the status page
 =================  ==========================================================
 """
@@ -75,6 +75,7 @@ class AdminApp:
             "/api/v1/workers": self._workers,
             "/api/v1/runners": self._runners,
             "/api/v1/requests": self._requests,
+            "/api/v1/tenants": self._tenants,
         }
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -130,6 +131,9 @@ class AdminApp:
     async def _runners(self) -> tuple[int, bytes, bytes]:
         return _json({"runners": runners_view(read_states(self._folder))})
 
+    async def _tenants(self) -> tuple[int, bytes, bytes]:
+        return _json(tenants_view(read_states(self._folder)))
+
     async def _requests(self) -> tuple[int, bytes, bytes]:
         families = await trio.to_thread.run_sync(lambda: list(metrics.collect(self._folder)))
         return _json(requests_view(families, read_states(self._folder)))
@@ -146,7 +150,8 @@ def readiness(states: list[Json], expected: int) -> tuple[bool, str]:
         if state.get("draining"):
             return False, f"front end {state['frontend']} is draining"
         current = [g for g in state.get("generations", []) if g.get("current")]
-        if not current or not any(r["state"] in ("idle", "busy") for r in current[0]["runners"]):
+        # With tenants, one current generation per tenant that is up: each needs a runner.
+        if not current or not all(any(r["state"] in ("idle", "busy") for r in g["runners"]) for g in current):
             return False, f"front end {state['frontend']} has no runner ready"
     return True, "ready"
 
@@ -162,7 +167,16 @@ def workers_view(states: list[Json]) -> Json:
                 newest = generation
     if newest is None:
         return {"generation": None, "workers": []}
+    if newest.get("tenant"):  # --tenants: every tenant's current workers, each named
+        current = [g for s in states for g in s.get("generations", []) if g.get("current")]
+        workers = [{"tenant": g["tenant"], **w} for g in current for w in g["workers"]]
+        return {"generation": newest["generation"], "workers": workers}
     return {"generation": newest["generation"], "workers": newest["workers"]}
+
+
+def tenants_view(states: list[Json]) -> Json:
+    """``/api/v1/tenants``: each tenant's hosts, limits and state (empty without --tenants)."""
+    return {"tenants": [t for state in states for t in state.get("tenants") or []]}
 
 
 def runners_view(states: list[Json]) -> list[Json]:
@@ -172,6 +186,7 @@ def runners_view(states: list[Json]) -> list[Json]:
             "frontend_pid": state["pid"],
             "generation": generation["generation"],
             "current": generation["current"],
+            "tenant": generation.get("tenant", ""),
             **runner,
         }
         for state in states
@@ -184,9 +199,10 @@ def requests_view(families: list[Any], states: list[Json]) -> Json:
     """Request totals by route (for rates on the status page) and the recent failures."""
     routes: dict[str, Json] = {}
 
-    def route_entry(name: str) -> Json:
+    def route_entry(name: str, tenant: str = "") -> Json:
         return routes.setdefault(
-            name, {"route": name, "requests": 0, "failures": 0, "by_status": {}, "seconds": 0.0}
+            f"{tenant} {name}",
+            {"tenant": tenant, "route": name, "requests": 0, "failures": 0, "by_status": {}, "seconds": 0.0},
         )
 
     gauges: dict[str, float] = {}
@@ -194,14 +210,14 @@ def requests_view(families: list[Any], states: list[Json]) -> Json:
         for sample in family.samples:
             labels = sample.labels
             if sample.name == "wws_requests_total":
-                entry = route_entry(labels["route"])
+                entry = route_entry(labels["route"], labels.get("tenant", ""))
                 count = int(sample.value)
                 entry["requests"] += count
                 entry["by_status"][labels["status"]] = entry["by_status"].get(labels["status"], 0) + count
                 if labels["failure"] != "none":
                     entry["failures"] += count
             elif sample.name == "wws_request_duration_seconds_sum":
-                route_entry(labels["route"])["seconds"] += sample.value
+                route_entry(labels["route"], labels.get("tenant", ""))["seconds"] += sample.value
             elif sample.name in ("wws_queue_depth", "wws_requests_in_flight"):
                 gauges[sample.name] = gauges.get(sample.name, 0.0) + sample.value
     failures = sorted(
@@ -210,7 +226,7 @@ def requests_view(families: list[Any], states: list[Json]) -> Json:
     )[:_RECENT_FAILURES]
     return {
         "time": time.time(),
-        "routes": sorted(routes.values(), key=lambda entry: str(entry["route"])),
+        "routes": sorted(routes.values(), key=lambda entry: (str(entry["tenant"]), str(entry["route"]))),
         "in_flight": int(gauges.get("wws_requests_in_flight", 0)),
         "queue_depth": int(gauges.get("wws_queue_depth", 0)),
         "recent_failures": failures,
@@ -258,7 +274,7 @@ def open_admin(config: ServerConfig, frontends: int) -> Iterator[AdminListener |
     sock = _bind(host, port)
     folder = make_scratch()
     try:
-        metrics.enable(folder)
+        metrics.enable(folder, tenant_label=config.tenants is not None)
         if config.admin_token is None and not _loopback(host):
             log.warning(
                 "the admin listener on %s:%d has no --admin-token: whoever reaches it sees the metrics and "

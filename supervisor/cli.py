@@ -289,6 +289,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="turn the admin listener on at 127.0.0.1:9090 when --admin is not given (as wws's flag)",
     )
+    tenants = parser.add_argument_group("tenants")
+    tenants.add_argument(
+        "--tenants",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="serve several projects, one per [[tenant]] of this TOML file, chosen by Host header "
+        "(PATH is then unused; re-read on SIGHUP)",
+    )
     return parser
 
 
@@ -329,6 +338,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         admin=args.admin,
         admin_token=args.admin_token,
         enable_panel=args.enable_panel,
+        tenants=args.tenants,
     )
 
 

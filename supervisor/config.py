@@ -83,6 +83,8 @@ class ServerConfig:
     admin: tuple[str, int] | None = None
     admin_token: str | None = None
     enable_panel: bool = False
+    # --tenants FILE: several projects, each a tenant (supervisor/tenants.py); PATH is then unused.
+    tenants: Path | None = None
 
 
 def default_runtimes_dir() -> Path:

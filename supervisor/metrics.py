@@ -67,12 +67,13 @@ class _Process:
     frontend: int
     metrics: _Metrics
     recent_failures: collections.deque[dict[str, object]]
+    tenant_label: bool = False  # --tenants: requests and latency carry a tenant label
 
 
 _process: _Process | None = None
 
 
-def enable(folder: Path, frontend: int = 0) -> None:
+def enable(folder: Path, frontend: int = 0, tenant_label: bool = False) -> None:
     """Count this process's metrics into ``folder`` (shared by the whole server).
 
     Must run before anything imports ``prometheus_client``; processes started
@@ -92,13 +93,13 @@ def enable(folder: Path, frontend: int = 0) -> None:
         requests=Counter(
             "wws_requests",
             "HTTP requests answered, by route, status and failure kind (none when it did not fail)",
-            ["route", "status", "failure"],
+            ["tenant", "route", "status", "failure"] if tenant_label else ["route", "status", "failure"],
             registry=None,
         ),
         latency=Histogram(
             "wws_request_duration_seconds",
             "Time from request to complete response, by route",
-            ["route"],
+            ["tenant", "route"] if tenant_label else ["route"],
             buckets=_LATENCY_BUCKETS,
             registry=None,
         ),
@@ -123,7 +124,7 @@ def enable(folder: Path, frontend: int = 0) -> None:
         rss=Gauge(
             "wws_runner_rss_bytes",
             "Resident memory of each runner slot's current runner, as last sampled",
-            ["frontend", "slot"],
+            ["tenant", "frontend", "slot"] if tenant_label else ["frontend", "slot"],
             registry=None,
             multiprocess_mode="livesum",
         ),
@@ -138,7 +139,7 @@ def enable(folder: Path, frontend: int = 0) -> None:
             "wws_kv_conflicts", "KV commits refused because a key changed meanwhile", registry=None
         ),
     )
-    _process = _Process(folder, frontend, metrics, collections.deque(maxlen=_RECENT_FAILURES))
+    _process = _Process(folder, frontend, metrics, collections.deque(maxlen=_RECENT_FAILURES), tenant_label)
 
 
 def enable_inherited(frontend: int) -> None:
@@ -174,9 +175,10 @@ def runner_restarted(reason: str) -> None:
         _process.metrics.restarts.labels(reason).inc()
 
 
-def runner_rss(slot: int, rss_bytes: int) -> None:
+def runner_rss(slot: int, rss_bytes: int, tenant: str = "") -> None:
     if _process is not None:
-        _process.metrics.rss.labels(str(_process.frontend), str(slot)).set(rss_bytes)
+        labels = (tenant,) if _process.tenant_label else ()
+        _process.metrics.rss.labels(*labels, str(_process.frontend), str(slot)).set(rss_bytes)
 
 
 def fuel_used(worker_id: str, fuel: int) -> None:
@@ -199,6 +201,7 @@ def recent_failures() -> list[dict[str, object]]:
 # route it served in scope["wws.route"]; its failures carry x-wws-failure.
 
 ROUTE_KEY = "wws.route"
+TENANT_KEY = "wws.tenant"  # set by supervisor/tenant_router.py
 _OTHER_ROUTE = "(other)"  # public files, 404s, built-in answers
 
 
@@ -239,13 +242,15 @@ def instrument(app: Any) -> Any:
 
 def _count(process: _Process, scope: Scope, status: int, failure: str, seconds: float) -> None:
     route = scope.get(ROUTE_KEY) or _OTHER_ROUTE
-    process.metrics.requests.labels(route, str(status), failure or "none").inc()
-    process.metrics.latency.labels(route).observe(seconds)
+    tenant = (scope.get(TENANT_KEY) or "",) if process.tenant_label else ()
+    process.metrics.requests.labels(*tenant, route, str(status), failure or "none").inc()
+    process.metrics.latency.labels(*tenant, route).observe(seconds)
     if failure or status >= 500:
         process.recent_failures.append(
             {
                 "time": time.time(),
                 "frontend": process.frontend,
+                "tenant": scope.get(TENANT_KEY) or "",
                 "route": route,
                 "method": scope.get("method", ""),
                 "path": scope.get("path", "")[:200],

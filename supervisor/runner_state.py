@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ Json = dict[str, Any]
 class _Watched:
     pool: Pool
     workers: list[Json]
+    tenant: str = ""  # with --tenants: whose pool it is
 
 
 def describe_workers(project: Project, broken: set[str]) -> list[Json]:
@@ -83,13 +85,15 @@ class StatePublisher:
         self._stopped = False
         self._wake = trio.Event()
         shutdown.on_deadline(self._drain)
+        # With --tenants: what /api/v1/tenants shows (supervisor/tenant_front.py).
+        self.tenants: Callable[[], list[Json]] | None = None
 
-    def watch(self, pool: Pool, project: Project, broken: set[str]) -> None:
+    def watch(self, pool: Pool, project: Project, broken: set[str], tenant: str = "") -> None:
         """Publish ``pool`` (its ``generation``) and the workers it serves;
         the newest pool watched is the current generation. A pool is dropped
         once it is closed and its runners are gone."""
         if self._folder is not None:
-            self._watched.append(_Watched(pool, describe_workers(project, broken)))
+            self._watched.append(_Watched(pool, describe_workers(project, broken), tenant))
             self._wake.set()
 
     def stop(self) -> None:
@@ -124,6 +128,7 @@ class StatePublisher:
     def _state(self) -> Json:
         self._watched = [w for w in self._watched if not (w.pool.closed and not w.pool.members)]
         generations = []
+        newest = {watched.tenant: index for index, watched in enumerate(self._watched)}
         for index, watched in enumerate(self._watched):
             pool = watched.pool
             runners = []
@@ -140,7 +145,8 @@ class StatePublisher:
             generations.append(
                 {
                     "generation": pool.generation,
-                    "current": index == len(self._watched) - 1,
+                    "current": index == newest[watched.tenant],
+                    "tenant": watched.tenant,
                     "closed": pool.closed,
                     "restarts": pool.restarts,
                     "in_flight": pool.in_flight,
@@ -154,6 +160,7 @@ class StatePublisher:
             "draining": self._draining,
             "generations": generations,
             "recent_failures": metrics.recent_failures(),
+            "tenants": self.tenants() if self.tenants is not None else None,
         }
 
     def _with_rss(self, state: Json) -> Json:
@@ -163,7 +170,7 @@ class StatePublisher:
                 if runner["pid"] is not None:
                     runner["rss_bytes"] = _rss(runner["pid"])
                     if generation["current"]:
-                        metrics.runner_rss(runner["slot"], runner["rss_bytes"])
+                        metrics.runner_rss(runner["slot"], runner["rss_bytes"], generation["tenant"])
         return {**state, "time": time.time()}
 
 

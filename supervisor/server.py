@@ -111,6 +111,11 @@ async def serve(
             broken worker configuration, an unreachable KV store, a compiled
             worker that cannot be loaded, or runners that cannot start.
     """
+    if config.tenants is not None:  # several projects, one per tenant
+        from supervisor.tenant_server import serve_tenants
+
+        await serve_tenants(config, out, reload_source)
+        return
     started = time.perf_counter()
     project, config = load_project(config, project_arg, out)
     _check_cache_dir(config.cache_dir)

@@ -165,7 +165,9 @@ async def http(
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         if raw is None:
-            lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+            lines = [f"{method} {target} HTTP/1.1", "Connection: close"]
+            if not any(name.lower() == "host" for name in headers or {}):  # a Host of the caller's wins
+                lines.insert(1, f"Host: 127.0.0.1:{port}")
             lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
             if body or method in ("POST", "PUT", "PATCH"):
                 lines.append(f"Content-Length: {len(body)}")
