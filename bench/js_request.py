@@ -39,8 +39,8 @@ def measure(worker: Path, requests: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:
         cache = ModuleCache(engine, str(Path(scratch) / "cache"), profile(settings))
         spec = WorkerSpec(worker.name, str(worker), "js", {}, [], NO_HTTP)
-        loaded = load_worker(spec, cache, linker, write=True)
-        sandbox = Sandbox(engine, {worker.name: loaded}, 10, scratch, context)
+        loaded = load_worker(spec, cache, linker, write=True, http=context)
+        sandbox = Sandbox(engine, {worker.name: loaded}, 10, scratch)
         invoke = Invoke(
             1,
             worker.name,

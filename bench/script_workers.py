@@ -60,8 +60,8 @@ def _in_runner(runtimes: Path) -> list[str]:
             spec = WorkerSpec(
                 "hello", str(path), ext, {}, [], HttpPolicy([], [], False), runtime=str(runtime)
             )
-            worker = load_worker(spec, cache, linker, write=True)
-            sandbox = Sandbox(engine, {"hello": worker}, 10, str(folder / "s"), RequestContext())
+            worker = load_worker(spec, cache, linker, write=True, http=RequestContext())
+            sandbox = Sandbox(engine, {"hello": worker}, 10, str(folder / "s"))
             times, fuel = [], 0
             for index in range(_REQUESTS):
                 invoke = Invoke(

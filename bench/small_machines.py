@@ -122,8 +122,8 @@ def _sandbox(settings: EngineSettings, specs: list[WorkerSpec], scratch: Path) -
     context = RequestContext()
     http_import.define(linker, context)
     cache = ModuleCache(engine, str(scratch / "cache"), layouts.profile(settings))
-    loaded = {spec.worker_id: load_worker(spec, cache, linker, write=True) for spec in specs}
-    sandbox = Sandbox(engine, loaded, 10, str(scratch), context)
+    loaded = {spec.worker_id: load_worker(spec, cache, linker, write=True, http=context) for spec in specs}
+    sandbox = Sandbox(engine, loaded, 10, str(scratch))
 
     def run(worker_id: str) -> Reply:
         result = sandbox.run(_invoke(worker_id))

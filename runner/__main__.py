@@ -138,7 +138,9 @@ def _serve(channel: _Channel, config: Configure) -> int:
     load_errors: dict[str, str] = {}
     for spec in config.workers:
         try:
-            workers[spec.worker_id] = load_worker(spec, cache, linker, write=config.prepare)
+            workers[spec.worker_id] = load_worker(
+                spec, cache, linker, write=config.prepare, http=http_context
+            )
         except LoadError as exc:
             load_errors[spec.worker_id] = str(exc)
     channel.send(Ready(0, PROTOCOL_VERSION, os.getpid(), load_errors))
@@ -147,9 +149,7 @@ def _serve(channel: _Channel, config: Configure) -> int:
     # Cap every file this process writes (guest stdout/stderr included) so a
     # hostile worker cannot fill the disk or /dev/shm.
     resource.setrlimit(resource.RLIMIT_FSIZE, (config.max_output_bytes, config.max_output_bytes))
-    sandbox = Sandbox(
-        engine, workers, config.epoch_tick_ms, config.scratch_dir, http_context, config.max_output_bytes
-    )
+    sandbox = Sandbox(engine, workers, config.epoch_tick_ms, config.scratch_dir, config.max_output_bytes)
     try:
         while True:
             try:

@@ -1,5 +1,6 @@
-"""Where executors are chosen: one line per worker contract that is not the
-wws kit protocol (which, like JavaScript, still runs inline in the sandbox)."""
+"""Where executors are chosen for compiled modules: one line per contract.
+A module none of them claims speaks the wws kit protocol (``runner/kitexec.py``);
+scripts get theirs in ``runner/modules.py`` (JavaScript, Python, Ruby)."""
 
 from __future__ import annotations
 

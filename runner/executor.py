@@ -56,6 +56,16 @@ class GuestFiles:
     max_output: int
 
 
+# Time kept back from outbound calls at the end of a request (at most a
+# fifth of it), so the worker can still handle their timeout and answer.
+_OUTBOUND_MARGIN_S = 0.2
+
+
+def outbound_deadline(invoke: Invoke) -> float:
+    """When (``time.monotonic``) the request's outbound calls must end."""
+    return time.monotonic() + invoke.timeout_ms / 1000 - min(_OUTBOUND_MARGIN_S, invoke.timeout_ms / 5000)
+
+
 class Executor(Protocol):
     def execute(self, store: wasmtime.Store, invoke: Invoke, files: GuestFiles) -> Execution:
         """Run ``invoke`` in ``store`` (already limited); never raises for

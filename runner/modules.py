@@ -24,7 +24,9 @@ import wasmtime
 from ipc.messages import WorkerSpec
 from runner import cache_hygiene, jsengine, quickjs
 from runner.executor import Executor
-from runner.quickjs import JsProgram
+from runner.http_import import RequestContext
+from runner.jsexec import JsExecutor
+from runner.kitexec import KitExecutor
 from runner.wasmffi import export_names
 
 # Bump when the engine settings change: it is part of every cache key, with
@@ -45,10 +47,7 @@ def wasmtime_version() -> str:
 @dataclasses.dataclass(frozen=True, slots=True)
 class LoadedWorker:
     spec: WorkerSpec
-    instance_pre: wasmtime.InstancePre | None  # None when an executor runs it
-    entry: str | None  # "_start" (command), "_initialize" (reactor) or None
-    js: JsProgram | None = None  # set for JavaScript workers
-    executor: Executor | None = None  # WAGI and serverless-wasm (runner/contracts.py)
+    executor: Executor  # runs its requests the way its contract says (runner/contracts.py)
 
 
 def read_wasm(spec: WorkerSpec) -> bytes:
@@ -126,7 +125,7 @@ class ModuleCache:
 
 
 def load_worker(
-    spec: WorkerSpec, cache: ModuleCache, linker: wasmtime.Linker, *, write: bool
+    spec: WorkerSpec, cache: ModuleCache, linker: wasmtime.Linker, *, write: bool, http: RequestContext
 ) -> LoadedWorker:
     """Compile or deserialize a worker and link it against WASI.
 
@@ -136,7 +135,7 @@ def load_worker(
             syntax error or an exception at load, with file and line.
     """
     if spec.kind == "js":
-        return _load_script(spec, cache, linker, write=write)
+        return _load_script(spec, cache, write=write)
     if spec.kind in ("py", "rb"):
         return _load_interpreted(spec, cache, write=write)
     wasm = read_wasm(spec)
@@ -148,7 +147,7 @@ def load_worker(
 
     executor = executor_for(spec, module, cache.engine)
     if executor is not None:
-        return LoadedWorker(spec, None, None, executor=executor)
+        return LoadedWorker(spec, executor)
     exports = export_names(module)
     if "_start" in exports and "_initialize" in exports:
         raise LoadError("the module exports both _start and _initialize; it must be a command or a reactor")
@@ -165,12 +164,10 @@ def load_worker(
         instance_pre = linker.instantiate_pre(module)
     except wasmtime.WasmtimeError as exc:
         raise LoadError(f"cannot link the module: {first_line(str(exc))}") from None
-    return LoadedWorker(spec, instance_pre, entry)
+    return LoadedWorker(spec, KitExecutor(spec, instance_pre, entry, http))
 
 
-def _load_script(
-    spec: WorkerSpec, cache: ModuleCache, linker: wasmtime.Linker, *, write: bool
-) -> LoadedWorker:
+def _load_script(spec: WorkerSpec, cache: ModuleCache, *, write: bool) -> LoadedWorker:
     try:
         source = Path(spec.path).read_bytes()
     except OSError as exc:
@@ -180,8 +177,8 @@ def _load_script(
     except UnicodeDecodeError:
         raise LoadError("the script is not UTF-8 text") from None
     try:
-        instance_pre, program = jsengine.load_script(spec, source, cache, write=write)
-        return LoadedWorker(spec, instance_pre, None, program)
+        _, program = jsengine.load_script(spec, source, cache, write=write)
+        return LoadedWorker(spec, JsExecutor(spec, program))
     except quickjs.ScriptLoadError as exc:
         raise LoadError(str(exc)) from None
     except wasmtime.Trap as exc:
@@ -202,4 +199,4 @@ def _load_interpreted(spec: WorkerSpec, cache: ModuleCache, *, write: bool) -> L
         loaded = (pyworker if spec.kind == "py" else rbworker).load(spec, cache, write=write)
     except ScriptLoadError as exc:
         raise LoadError(str(exc)) from None
-    return LoadedWorker(spec, None, None, executor=loaded)
+    return LoadedWorker(spec, loaded)
