@@ -11,6 +11,12 @@ request to that tenant's current generation.
 
 These answers cost no runner, and all of them come from here: the tenant's
 own pool only ever sees the requests its quota lets through.
+
+A 429 or a quota 503 is held for :data:`HOLD_S` before it is sent (and its
+``Retry-After`` counts from then). Answering at once would let a client that
+ignores ``Retry-After`` loop as fast as the front end can parse requests, and
+the front end's one core would then go to refusing that tenant instead of
+serving the others; held, each of its connections costs one answer a second.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from supervisor.metrics import TENANT_KEY
 from supervisor.tenants import Tenant, TenantLimits, host_of, pick
 
 Scope = dict[str, Any]
+
+HOLD_S = 1.0
 
 
 class TokenBucket:
@@ -144,7 +152,10 @@ class TenantRouter:
             await _answer(send, 503, b"This site is unavailable\n", b"tenant-unavailable", retry_s=5)
             return
         if entry.bucket is not None and (wait := entry.bucket.take()) > 0:
-            await _answer(send, 429, b"Too many requests, retry later\n", b"rate-limited", retry_s=wait)
+            await trio.sleep(HOLD_S)
+            await _answer(
+                send, 429, b"Too many requests, retry later\n", b"rate-limited", retry_s=wait - HOLD_S
+            )
             return
         if entry.gate is None:
             await entry.switch(scope, receive, send)
@@ -153,15 +164,18 @@ class TenantRouter:
             async with entry.gate:
                 await entry.switch(scope, receive, send)
         except Busy:
-            await _answer(send, 503, b"The site is busy, retry shortly\n", b"overloaded", retry_s=1)
+            await trio.sleep(HOLD_S)
+            await _answer(send, 503, b"The site is busy, retry shortly\n", b"overloaded", retry_s=0)
 
 
-async def _answer(send: Any, status: int, body: bytes, failure: bytes = b"", retry_s: float = 0) -> None:
+async def _answer(
+    send: Any, status: int, body: bytes, failure: bytes = b"", retry_s: float | None = None
+) -> None:
     headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
     if failure:
         headers.append((b"x-wws-failure", failure))
-    if retry_s > 0:
-        headers.append((b"retry-after", str(max(1, math.ceil(retry_s))).encode()))
+    if retry_s is not None:
+        headers.append((b"retry-after", str(max(0, math.ceil(retry_s))).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -250,11 +250,8 @@ async def test_rate_and_concurrency_quotas(tmp_path: Path, cache_dir: Path) -> N
         statuses = [(await _get(server, "limited.test", "/who")).status for _ in range(3)]
         refused = await _get(server, "limited.test", "/who")
         assert statuses == [200, 200, 200]
-        assert (refused.status, refused.headers["x-wws-failure"], refused.headers["retry-after"]) == (
-            429,
-            "rate-limited",
-            "1",
-        )
+        assert (refused.status, refused.headers["x-wws-failure"]) == (429, "rate-limited")
+        assert refused.headers["retry-after"] in ("0", "1")  # counted from the end of the 1 s hold
         # Concurrency: one in flight, one waiting, the third is refused at once,
         # although the tenant has two runners.
         results: list[int] = []
