@@ -299,13 +299,15 @@ async def test_reload_changes_one_tenant_under_load(tmp_path: Path, cache_dir: P
         before = await beta_pids()
         failures: list[str] = []
         served = 0
-        stop = trio.Event()
+        stop, enough = trio.Event(), trio.Event()
 
         async def load() -> None:
             nonlocal served
             while not stop.is_set():
                 response = await _get(server, "beta.test", "/slow" if served % 4 == 0 else "/who")
                 served += 1
+                if served >= 30:
+                    enough.set()
                 if response.status != 200:
                     failures.append(f"{response.status} {response.headers.get('x-wws-failure')}")
 
@@ -338,6 +340,7 @@ async def test_reload_changes_one_tenant_under_load(tmp_path: Path, cache_dir: P
             # a broken tenants file changes nothing
             path.write_text("[[tenant]\n")
             await reload(r"reload failed, every tenant keeps serving: .*invalid TOML")
+            await enough.wait()  # the reloads may be quicker than 30 requests
             stop.set()
         assert served > 20
         assert failures == []
