@@ -390,11 +390,18 @@ def test_cgroups_layout_on_a_delegated_tree(tmp_path: Path) -> None:
     assert (group / "tenant-alpha" / "memory.max").read_text() == f"{256 << 20}\n"
 
 
-async def test_runners_in_tenant_cgroups_where_delegated(tmp_path: Path, cache_dir: Path) -> None:
+@pytest.fixture
+def delegated_cgroup() -> Path:
     try:
-        group = find_cgroup()  # looked at only: the server sets it up
+        return find_cgroup()  # looked at only: the server sets it up
     except CgroupsUnavailable as exc:
         pytest.skip(f"cgroup v2 is not delegated on this machine: {exc}")
+
+
+async def test_runners_in_tenant_cgroups_where_delegated(
+    tmp_path: Path, cache_dir: Path, delegated_cgroup: Path
+) -> None:
+    group = delegated_cgroup
     path = _tenants_file(
         tmp_path,
         f'[[tenant]]\nname = "cg"\nroot = "{ALPHA}"\nhosts = ["cg.test"]\n'
