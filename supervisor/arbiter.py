@@ -40,7 +40,7 @@ from supervisor.compiling import compile_project
 from supervisor.config import ServerConfig
 from supervisor.frontend import DRAINING_LINE, ERROR_PREFIX, READY_LINE, FrontendOrder, ReloadSource
 from supervisor.notify import Notifier
-from supervisor.pool import HALT_AFTER_BOOT_FAILURES, backoff_delay
+from supervisor.pool_members import HALT_AFTER_BOOT_FAILURES, backoff_delay
 from supervisor.project import StartupError, load_project
 from supervisor.runners import describe_exit
 

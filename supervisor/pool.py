@@ -24,39 +24,34 @@
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import itertools
 import logging
 import math
 import random
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import trio
 
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Ready, Reply, WorkerSpec
 from supervisor import metrics
 from supervisor.config import PoolSettings
+from supervisor.pool_members import (
+    HALT_AFTER_BOOT_FAILURES,
+    REAP_WAIT_S,
+    STABLE_AFTER_S,
+    Member,
+    Retired,
+    Runner,
+    RunnerFactory,
+    backoff_delay,
+)
 from supervisor.runners import RunnerLost, describe_exit, start_runner
 
 log = logging.getLogger(__name__)
 
-_MAX_BACKOFF_S = 10.0
-# While no other runner is alive, a slot never waits longer than this.
-_MAX_BACKOFF_ALONE_S = 0.5
-_FIRST_BACKOFF_S = 0.05
 _RSS_CHECK_EVERY = 16
-# A runner that dies on its own sooner than this after its boot counts as
-# another failure in a row; later, the count starts again.
-_STABLE_AFTER_S = 10.0
-# Boot failures in a row, in every slot, before a pool that never had a
-# runner gives up.
-HALT_AFTER_BOOT_FAILURES = 3
-# How long a request-killed runner gets to be reaped before we log its exit.
-_REAP_WAIT_S = 2.0
 
 
 class Overloaded(Exception):
@@ -65,65 +60,6 @@ class Overloaded(Exception):
 
 class RunnerBootError(Exception):
     """No runner could ever boot; the message is the runner's own error."""
-
-
-class Runner(Protocol):
-    """What the pool needs from a runner (``supervisor.runners.RunnerHandle``)."""
-
-    pid: int
-    requests_served: int
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    async def handshake(self, configure: Configure) -> Ready: ...
-
-    async def call(self, invoke: Invoke, scope: trio.CancelScope) -> Reply | Failure: ...
-
-    async def wait_exit(self) -> int: ...
-
-    def kill(self) -> None: ...
-
-    def close_stdin(self) -> None: ...
-
-    def rss_bytes(self) -> int: ...
-
-    def boot_error(self) -> str: ...
-
-
-RunnerFactory = Callable[[trio.Nursery], Awaitable[Runner]]
-
-
-class Retired(enum.Enum):
-    CLOSED = "closed"  # the pool is shutting down
-    RECYCLED = "recycled"  # quota or RSS ceiling: planned
-    REQUEST_FAULT = "request-fault"  # killed at a deadline, or died during a request
-    CRASHED = "crashed"  # died on its own while idle
-    BOOT_FAILED = "boot-failed"
-
-
-def backoff_delay(failures: int, others_alive: bool) -> float:
-    """Seconds a slot waits before its next start after ``failures`` in a row."""
-    if failures <= 0:
-        return 0.0
-    ceiling = _MAX_BACKOFF_S if others_alive else _MAX_BACKOFF_ALONE_S
-    return min(ceiling, _FIRST_BACKOFF_S * 2.0 ** (failures - 1))
-
-
-@dataclasses.dataclass(eq=False)
-class _Member:
-    """A booted runner and the pool's bookkeeping about it."""
-
-    runner: Runner
-    quota: int
-    busy: bool = False
-    reason: Retired | None = None
-    retired: trio.Event = dataclasses.field(default_factory=trio.Event)
-
-    def retire(self, reason: Retired) -> None:
-        if self.reason is None:
-            self.reason = reason
-            self.retired.set()
 
 
 class Pool:
@@ -142,7 +78,7 @@ class Pool:
         self._start_runner = runner_factory
         # Unbounded: a runner that died while queued stays in the buffer until a
         # lease skips it, so the buffer can briefly hold more than N members.
-        self._idle_send, self._idle = trio.open_memory_channel[_Member](math.inf)
+        self._idle_send, self._idle = trio.open_memory_channel[Member](math.inf)
         self._waiting = 0
         self._closing = trio.Event()
         self._hurry_at: float | None = None
@@ -159,7 +95,7 @@ class Pool:
         self._slots_scope = trio.CancelScope()
         self.restarts = 0
         # slot -> its booted runner, for the admin listener (supervisor/runner_state.py).
-        self.members: dict[int, _Member] = {}
+        self.members: dict[int, Member] = {}
 
     def drop_workers(self, worker_ids: set[str]) -> None:
         """Leave these workers out of every runner (they failed to load)."""
@@ -291,7 +227,7 @@ class Pool:
             return result
         raise AssertionError("unreachable")
 
-    async def _lease(self) -> _Member:
+    async def _lease(self) -> Member:
         if self._closing.is_set():
             raise Overloaded("the server is shutting down")
         if self._waiting >= self.settings.queue_size:
@@ -317,7 +253,7 @@ class Pool:
             metrics.queued(-1)
         raise Overloaded("no runner became free in time")
 
-    def _give_back(self, member: _Member) -> None:
+    def _give_back(self, member: Member) -> None:
         runner = member.runner
         if self._closing.is_set():
             member.retire(Retired.CLOSED)
@@ -340,9 +276,9 @@ class Pool:
     def _ceiling(self) -> int:
         return self.settings.max_runner_rss_mb << 20
 
-    async def _lost(self, member: _Member, invoke: Invoke, exc: RunnerLost, elapsed: float) -> Failure:
+    async def _lost(self, member: Member, invoke: Invoke, exc: RunnerLost, elapsed: float) -> Failure:
         runner = member.runner
-        with trio.move_on_after(_REAP_WAIT_S):
+        with trio.move_on_after(REAP_WAIT_S):
             await runner.wait_exit()
         how = describe_exit(runner.returncode)
         kind, detail = exc.kind, exc.detail
@@ -351,7 +287,7 @@ class Pool:
         log.error("runner %d lost during request %d: %s (%s)", runner.pid, invoke.request_id, detail, how)
         return Failure(invoke.request_id, kind, f"{detail} ({how})", 0, int(elapsed * 1e6), b"")
 
-    async def _watch_exit(self, member: _Member) -> None:
+    async def _watch_exit(self, member: Member) -> None:
         # A runner that dies while idle (OOM killer, a stray signal) is noticed
         # and replaced at once. One that dies while busy is the request's to
         # report: its exit is not a crash of its own.
@@ -412,7 +348,7 @@ class Pool:
             if reason is Retired.BOOT_FAILED:
                 failures += 1
             elif reason is Retired.CRASHED:
-                failures = failures + 1 if trio.current_time() - born < _STABLE_AFTER_S else 1
+                failures = failures + 1 if trio.current_time() - born < STABLE_AFTER_S else 1
             else:
                 failures = 0  # planned, or the request's fault: start again at once
 
@@ -429,7 +365,7 @@ class Pool:
                 await runner.handshake(self._configure(prepare=False))
         except (RunnerLost, trio.TooSlowError) as exc:
             runner.kill()
-            with trio.move_on_after(_REAP_WAIT_S):
+            with trio.move_on_after(REAP_WAIT_S):
                 await runner.wait_exit()
             why = runner.boot_error() if isinstance(exc, RunnerLost) else "no answer in time"
             self._boot_failed(index, f"runner {runner.pid} failed to boot: {why}")
@@ -453,7 +389,7 @@ class Pool:
                     return Retired.BOOT_FAILED
                 pid = runner.pid
                 jitter = min(self.settings.max_requests_jitter, self.settings.max_requests // 10)
-                member = _Member(runner, self.settings.max_requests + random.randint(0, jitter))
+                member = Member(runner, self.settings.max_requests + random.randint(0, jitter))
                 self.members[index] = member
                 log.debug("runner %d ready in slot %d", runner.pid, index)
                 announce_ready()
@@ -472,7 +408,7 @@ class Pool:
                     runner.kill()
                 else:
                     runner.close_stdin()
-                    with trio.move_on_after(_REAP_WAIT_S):
+                    with trio.move_on_after(REAP_WAIT_S):
                         await runner.wait_exit()
                     runner.kill()  # an idle runner that ignores EOF is not waited for
                 return member.reason

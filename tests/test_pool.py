@@ -17,7 +17,8 @@ import trio.testing
 
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Ready, Reply
 from supervisor.config import PoolSettings
-from supervisor.pool import HALT_AFTER_BOOT_FAILURES, Overloaded, Pool, RunnerBootError, backoff_delay
+from supervisor.pool import Overloaded, Pool, RunnerBootError
+from supervisor.pool_members import HALT_AFTER_BOOT_FAILURES, backoff_delay
 from supervisor.runners import RunnerLost
 
 _pids = itertools.count(1000)

@@ -1,0 +1,87 @@
+"""What the pool knows about one runner: the interface it needs from a runner
+process (so tests can pass fakes), why a runner was retired, the backoff
+policy for runners that fail on their own, and the pool's bookkeeping for
+each booted runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import trio
+
+from ipc.messages import Configure, Failure, Invoke, Ready, Reply
+
+_MAX_BACKOFF_S = 10.0
+# While no other runner is alive, a slot never waits longer than this.
+_MAX_BACKOFF_ALONE_S = 0.5
+_FIRST_BACKOFF_S = 0.05
+# A runner that dies on its own sooner than this after its boot counts as
+# another failure in a row; later, the count starts again.
+STABLE_AFTER_S = 10.0
+# Boot failures in a row, in every slot, before a pool that never had a
+# runner gives up.
+HALT_AFTER_BOOT_FAILURES = 3
+# How long a request-killed runner gets to be reaped before we log its exit.
+REAP_WAIT_S = 2.0
+
+
+class Runner(Protocol):
+    """What the pool needs from a runner (``supervisor.runners.RunnerHandle``)."""
+
+    pid: int
+    requests_served: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def handshake(self, configure: Configure) -> Ready: ...
+
+    async def call(self, invoke: Invoke, scope: trio.CancelScope) -> Reply | Failure: ...
+
+    async def wait_exit(self) -> int: ...
+
+    def kill(self) -> None: ...
+
+    def close_stdin(self) -> None: ...
+
+    def rss_bytes(self) -> int: ...
+
+    def boot_error(self) -> str: ...
+
+
+RunnerFactory = Callable[[trio.Nursery], Awaitable[Runner]]
+
+
+class Retired(enum.Enum):
+    CLOSED = "closed"  # the pool is shutting down
+    RECYCLED = "recycled"  # quota or RSS ceiling: planned
+    REQUEST_FAULT = "request-fault"  # killed at a deadline, or died during a request
+    CRASHED = "crashed"  # died on its own while idle
+    BOOT_FAILED = "boot-failed"
+
+
+def backoff_delay(failures: int, others_alive: bool) -> float:
+    """Seconds a slot waits before its next start after ``failures`` in a row."""
+    if failures <= 0:
+        return 0.0
+    ceiling = _MAX_BACKOFF_S if others_alive else _MAX_BACKOFF_ALONE_S
+    return min(ceiling, _FIRST_BACKOFF_S * 2.0 ** (failures - 1))
+
+
+@dataclasses.dataclass(eq=False)
+class Member:
+    """A booted runner and the pool's bookkeeping about it."""
+
+    runner: Runner
+    quota: int
+    busy: bool = False
+    reason: Retired | None = None
+    retired: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+    def retire(self, reason: Retired) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.retired.set()
