@@ -23,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from supervisor.pool import Runner, RunnerFactory
+from supervisor.pool_members import Runner, RunnerFactory
 from supervisor.runners import start_runner
 from supervisor.tenants import TenantLimits
 

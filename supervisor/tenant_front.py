@@ -36,7 +36,8 @@ from supervisor.generations import Generation, Switch
 from supervisor.http_front import HttpFront, Shutdown
 from supervisor.kv import KvUnavailable, open_kv
 from supervisor.notify import Notifier
-from supervisor.pool import Pool, RunnerBootError, RunnerFactory
+from supervisor.pool import Pool, RunnerBootError
+from supervisor.pool_members import RunnerFactory
 from supervisor.project import Project, StartupError
 from supervisor.runner_state import StatePublisher
 from supervisor.runners import start_runner
