@@ -39,6 +39,7 @@ from supervisor import metrics
 from supervisor.config import ServerConfig
 from supervisor.http_front import HttpFront, Shutdown
 from supervisor.project import StartupError
+from supervisor.responses import lifespan, plain
 from supervisor.runner_state import Json, read_states
 from supervisor.scratch import make_scratch
 
@@ -80,7 +81,7 @@ class AdminApp:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -322,22 +323,5 @@ async def _send(
     extra: list[tuple[bytes, bytes]] | None = None,
     head: bool = False,
 ) -> None:
-    headers = [
-        (b"content-type", content_type),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-        (b"x-content-type-options", b"nosniff"),
-        *(extra or []),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    private = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"), *(extra or [])]
+    await plain(send, status, body, private, content_type, head)

@@ -18,6 +18,7 @@ from supervisor.dispatch import run_with_kv
 from supervisor.kv import KvStore
 from supervisor.metrics import ROUTE_KEY
 from supervisor.pool import Overloaded, Pool
+from supervisor.responses import is_preflight, lifespan, plain, preflight, send_failure, send_reply
 from supervisor.routes import (
     Route,
     RouteKind,
@@ -35,39 +36,6 @@ Scope = dict[str, Any]
 Receive = Any
 Send = Any
 
-# What each failure tells the client. Bodies are fixed text: no host detail.
-FAILURE_STATUS: dict[FailureKind, int] = {
-    FailureKind.OUT_OF_FUEL: 504,
-    FailureKind.TIMEOUT: 504,
-    FailureKind.MEMORY_LIMIT: 500,
-    FailureKind.TRAP: 500,
-    FailureKind.BAD_OUTPUT: 500,
-    FailureKind.SCRIPT_ERROR: 500,
-    FailureKind.KV_LIMIT: 500,
-    FailureKind.KV_UNAVAILABLE: 503,
-    FailureKind.KV_CONFLICT: 409,
-    FailureKind.KV_CONTENDED: 503,
-    FailureKind.EXIT: 500,
-    FailureKind.LOAD_ERROR: 500,
-    FailureKind.INTERNAL: 500,
-    FailureKind.RUNNER_DIED: 502,
-    FailureKind.OVERLOADED: 503,
-    FailureKind.BODY_TOO_LARGE: 413,
-    FailureKind.BODY_TIMEOUT: 408,
-}
-FAILURE_BODY = b"<p>There was an error running this function</p>"
-_FAILURE_BODIES = {
-    FailureKind.OUT_OF_FUEL: b"<p>The function used up its CPU budget</p>",
-    FailureKind.TIMEOUT: b"<p>The function did not finish in time</p>",
-    FailureKind.MEMORY_LIMIT: b"<p>The function ran out of memory</p>",
-    FailureKind.OVERLOADED: b"<p>The server is busy, please retry shortly</p>",
-    FailureKind.BODY_TOO_LARGE: b"<p>The request body is too large</p>",
-    FailureKind.BODY_TIMEOUT: b"<p>The request body did not arrive in time</p>",
-}
-# The connection cannot be trusted after these: close it once answered.
-_CLOSE_AFTER = {FailureKind.BODY_TOO_LARGE, FailureKind.BODY_TIMEOUT}
-# Statuses whose responses never carry a body or a content-length (RFC 9110 8.6).
-_BODILESS_STATUSES = {204, 304}
 _STATIC_CHUNK = 256 << 10
 
 
@@ -100,7 +68,7 @@ class WorkerApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return  # websockets are not served
@@ -117,7 +85,7 @@ class WorkerApp:
                 trio.move_on_after(min(1.0, self._config.body_timeout_s)),
             ):
                 await _read_body(scope, receive, self._config.max_body_bytes)
-            await _plain(
+            await plain(
                 send,
                 400,
                 b"Bad request: both Content-Length and Transfer-Encoding\n",
@@ -127,7 +95,7 @@ class WorkerApp:
         if isinstance(self._routes, ContractRoutes):  # WAGI and serverless-wasm routes first
             found = self._routes.match(scope)
             if isinstance(found, Builtin):
-                await _plain(send, found.status, found.body)
+                await plain(send, found.status, found.body)
                 return
             if found is not None:
                 await self._run_worker(scope, receive, send, found[0], found[1], scope["path"])
@@ -181,8 +149,8 @@ class WorkerApp:
         self, scope: Scope, receive: Receive, send: Send, route: Route, params: dict[str, str], path: str
     ) -> None:
         scope[ROUTE_KEY] = route.path  # the metrics' route label (supervisor/metrics.py)
-        if self._cors and _is_preflight(scope):
-            await _preflight(scope, send, self._cors)
+        if self._cors and is_preflight(scope):
+            await preflight(scope, send, self._cors)
             return
         body: bytes | None = None
         try:
@@ -195,7 +163,7 @@ class WorkerApp:
                 path,
                 self._config.max_body_bytes,
             )
-            await _send_failure(send, FailureKind.BODY_TOO_LARGE)
+            await send_failure(send, FailureKind.BODY_TOO_LARGE)
             return
         if body is None:
             log.warning(
@@ -204,14 +172,14 @@ class WorkerApp:
                 path,
                 self._config.body_timeout_s,
             )
-            await _send_failure(send, FailureKind.BODY_TIMEOUT)
+            await send_failure(send, FailureKind.BODY_TIMEOUT)
             return
         worker_id = route.worker.relative
         if worker_id in self._broken:
             log.error(
                 "worker %s (%s) failed: load-error: it could not be loaded at startup", route.path, worker_id
             )
-            await _send_failure(send, FailureKind.LOAD_ERROR)
+            await send_failure(send, FailureKind.LOAD_ERROR)
             return
         settings = self._settings[worker_id]
         limits = settings.limits
@@ -252,21 +220,21 @@ class WorkerApp:
             )
         except Overloaded as exc:
             log.warning("%s %s: 503, %s", scope["method"], path, exc)
-            await _send_failure(send, FailureKind.OVERLOADED)
+            await send_failure(send, FailureKind.OVERLOADED)
             return
         if result.stderr:
             for line in result.stderr.decode("utf-8", "replace").splitlines():
                 log.info("[%s] %s", route.path, line)
         if isinstance(result, Reply):
-            await _send_reply(send, result, self._cors)
+            await send_reply(send, result, self._cors)
             return
         _log_failure(route, result, limits.fuel)
-        await _send_failure(send, FailureKind(result.kind), self._cors)
+        await send_failure(send, FailureKind(result.kind), self._cors)
 
     async def _send_static(self, scope: Scope, send: Send, static: StaticFile, status: int = 200) -> None:
         method = scope["method"]
         if method not in ("GET", "HEAD"):
-            await _plain(send, 405, b"Method not allowed", [(b"allow", b"GET, HEAD")])
+            await plain(send, 405, b"Method not allowed", [(b"allow", b"GET, HEAD")])
             return
         headers = [
             (b"content-type", static.content_type.encode()),
@@ -296,7 +264,7 @@ class WorkerApp:
         if page is not None and scope["method"] in ("GET", "HEAD"):
             await self._send_static(scope, send, page, status=404)
             return
-        await _plain(send, 404, b"")
+        await plain(send, 404, b"")
 
 
 def _full_url(scope: Scope) -> str:
@@ -346,68 +314,6 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _is_preflight(scope: Scope) -> bool:
-    if scope["method"] != "OPTIONS":
-        return False
-    return any(name == b"access-control-request-method" for name, _ in scope["headers"])
-
-
-async def _preflight(scope: Scope, send: Send, origins: bytes) -> None:
-    # A browser asks before a cross-origin call with a custom method or
-    # header: allow what it asks for, for the configured origins.
-    asked = dict(scope["headers"])
-    headers = [
-        (b"access-control-allow-origin", origins),
-        (b"access-control-allow-methods", asked.get(b"access-control-request-method", b"GET")),
-        (b"access-control-max-age", b"600"),
-    ]
-    if b"access-control-request-headers" in asked:
-        headers.append((b"access-control-allow-headers", asked[b"access-control-request-headers"]))
-    await send({"type": "http.response.start", "status": 204, "headers": headers})
-    await send({"type": "http.response.body", "body": b""})
-
-
-async def _send_reply(send: Send, reply: Reply, cors: bytes | None = None) -> None:
-    headers = [
-        (name.encode("latin-1"), value.encode("latin-1", "replace"))
-        for name, value in reply.headers
-        if name.lower() not in ("content-length", "transfer-encoding", "connection")
-    ]
-    body = reply.body
-    if reply.status in _BODILESS_STATUSES or reply.status < 200:
-        body = b""  # these statuses carry no body, and so no length either
-    else:
-        # Our own length: a worker's framing headers could desynchronise the connection.
-        headers.append((b"content-length", str(len(body)).encode()))
-    if cors and not any(name.lower() == "access-control-allow-origin" for name, _ in reply.headers):
-        headers.append((b"access-control-allow-origin", cors))  # as wws: unless the worker set its own
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_failure(send: Send, kind: FailureKind, cors: bytes | None = None) -> None:
-    extra = [(b"x-wws-failure", kind.value.encode())]
-    if cors:
-        extra.append((b"access-control-allow-origin", cors))
-    if kind in (FailureKind.OVERLOADED, FailureKind.KV_CONTENDED):
-        extra.append((b"retry-after", b"1"))
-    if kind in _CLOSE_AFTER:
-        extra.append((b"connection", b"close"))
-    await _plain(send, FAILURE_STATUS[kind], _FAILURE_BODIES.get(kind, FAILURE_BODY), extra, b"text/html")
-
-
-async def _plain(
-    send: Send,
-    status: int,
-    body: bytes,
-    extra: list[tuple[bytes, bytes]] | None = None,
-    content_type: bytes = b"text/plain; charset=utf-8",
-) -> None:
-    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 def _log_failure(route: Route, failure: Failure, fuel: int) -> None:
     log.warning(
         "worker %s (%s) failed: %s: %s [fuel %d/%d, %.1f ms]",
@@ -419,15 +325,3 @@ def _log_failure(route: Route, failure: Failure, fuel: int) -> None:
         fuel,
         failure.elapsed_us / 1000,
     )
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    # hypercorn crashes at startup if an app returns early from the lifespan
-    # scope, so answer both events properly.
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

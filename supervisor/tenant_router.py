@@ -29,6 +29,7 @@ import trio
 
 from supervisor.generations import Switch
 from supervisor.metrics import TENANT_KEY
+from supervisor.responses import lifespan, plain
 from supervisor.tenants import Tenant, TenantLimits, host_of, pick
 
 Scope = dict[str, Any]
@@ -133,7 +134,7 @@ class TenantRouter:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         if scope["type"] != "http":
             return
@@ -171,20 +172,7 @@ class TenantRouter:
 async def _answer(
     send: Any, status: int, body: bytes, failure: bytes = b"", retry_s: float | None = None
 ) -> None:
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-    if failure:
-        headers.append((b"x-wws-failure", failure))
+    extra = [(b"x-wws-failure", failure)] if failure else []
     if retry_s is not None:
-        headers.append((b"retry-after", str(max(0, math.ceil(retry_s))).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+        extra.append((b"retry-after", str(max(0, math.ceil(retry_s))).encode()))
+    await plain(send, status, body, extra)
