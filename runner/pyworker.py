@@ -20,7 +20,6 @@ rewrite of the runtime (:func:`runner.wasmbake.add_export`).
 
 from __future__ import annotations
 
-import gc
 import json
 import tempfile
 import time
@@ -30,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 import wasmtime
 
 from ipc.messages import WorkerSpec
-from runner.jsengine import _read_entry, _write_entry
 from runner.scriptexec import ScriptExecutor
 from runner.scriptrt import (
     Interpreter,
@@ -38,13 +36,9 @@ from runner.scriptrt import (
     ScriptLoadError,
     api_source,
     bake_store,
-    interpreter,
+    cached_heap,
     last_line,
     moved_globals,
-    read_source,
-    recipe_key,
-    record,
-    src_folder,
     wasi_config,
 )
 from runner.wasmbake import add_export, heap_module
@@ -82,26 +76,7 @@ def load(spec: WorkerSpec, cache: ModuleCache, *, write: bool) -> ScriptExecutor
         ScriptLoadError: no runtime, or the worker fails to load (the last
             line of its traceback).
     """
-    source = read_source(spec)
-    runtime = interpreter(PYTHON, spec, cache, write=write)
-    key = recipe_key(PYTHON, spec, source, cache)
-    src = src_folder(PYTHON, spec, source, cache, key)
-    entry = _read_entry(cache, key, verify=write)
-    if entry is not None and isinstance(entry[1].get("snapshot"), dict):
-        module, note = entry
-        snapshot: dict[str, Any] = note["snapshot"]
-    else:
-        try:
-            heap_bytes, snapshot = _bake(runtime, spec, src)
-        finally:
-            # A load's Store can outlive it in a traceback cycle, holding two
-            # of the pool's few instance slots; free it now.
-            gc.collect()
-        module = wasmtime.Module(cache.engine, heap_bytes)
-        if write:
-            _write_entry(cache, key, module, {"kind": "py-heap", "source": spec.path, "snapshot": snapshot})
-    if write:
-        record(spec, cache, PYTHON, key)
+    runtime, src, module, snapshot = cached_heap(PYTHON, spec, cache, write=write, bake=_bake, kind="py-heap")
     try:
         handle, no_args, ok, call = (int(snapshot[k]) for k in ("handle", "no_args", "ok", "call"))
         moved = list(snapshot["globals"])

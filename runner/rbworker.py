@@ -13,7 +13,6 @@ fresh copy (the string is placed in the snapshot at load).
 
 from __future__ import annotations
 
-import gc
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import wasmtime
 
 from ipc.messages import WorkerSpec
-from runner.jsengine import _read_entry, _write_entry
 from runner.scriptexec import ScriptExecutor
 from runner.scriptrt import (
     Interpreter,
@@ -29,13 +27,9 @@ from runner.scriptrt import (
     ScriptLoadError,
     api_source,
     bake_store,
-    interpreter,
+    cached_heap,
     last_line,
     moved_globals,
-    read_source,
-    recipe_key,
-    record,
-    src_folder,
     wasi_config,
 )
 from runner.wasmbake import heap_module
@@ -104,26 +98,7 @@ def load(spec: WorkerSpec, cache: ModuleCache, *, write: bool) -> ScriptExecutor
         ScriptLoadError: no runtime, or the worker fails to load (the first
             line of the Ruby error).
     """
-    source = read_source(spec)
-    runtime = interpreter(RUBY, spec, cache, write=write)
-    key = recipe_key(RUBY, spec, source, cache)
-    src = src_folder(RUBY, spec, source, cache, key)
-    entry = _read_entry(cache, key, verify=write)
-    if entry is not None and isinstance(entry[1].get("snapshot"), dict):
-        module, note = entry
-        snapshot: dict[str, Any] = note["snapshot"]
-    else:
-        try:
-            heap_bytes, snapshot = _bake(runtime, spec, src)
-        finally:
-            # A load's Store can outlive it in a traceback cycle, holding two
-            # of the pool's few instance slots; free it now.
-            gc.collect()
-        module = wasmtime.Module(cache.engine, heap_bytes)
-        if write:
-            _write_entry(cache, key, module, {"kind": "rb-heap", "source": spec.path, "snapshot": snapshot})
-    if write:
-        record(spec, cache, RUBY, key)
+    runtime, src, module, snapshot = cached_heap(RUBY, spec, cache, write=write, bake=_bake, kind="rb-heap")
     try:
         code, length = int(snapshot["code"]), int(snapshot["length"])
         moved = list(snapshot["globals"])

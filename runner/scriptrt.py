@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -314,3 +315,44 @@ def bake_store(engine: wasmtime.Engine) -> wasmtime.Store:
 def last_line(text: bytes) -> str:
     lines = [line for line in text.decode("utf-8", "replace").splitlines() if line.strip()]
     return lines[-1].strip() if lines else "no error message"
+
+
+# Makes a worker's heap module and its snapshot notes (offsets of the entry
+# points, globals to restore) from a fresh interpreter with the worker loaded.
+Bake = Callable[[Interpreter, WorkerSpec, Path], tuple[bytes, dict[str, Any]]]
+
+
+def cached_heap(
+    language: Language, spec: WorkerSpec, cache: ModuleCache, *, write: bool, bake: Bake, kind: str
+) -> tuple[Interpreter, Path, wasmtime.Module, dict[str, Any]]:
+    """The worker's interpreter, ``/src`` folder, heap module and snapshot
+    notes: from the cache when it holds them, else baked (and, in the compile
+    step, cached under the entry ``kind``).
+
+    Raises:
+        ScriptLoadError: no runtime, or the worker fails to load.
+    """
+    # The cache entry format is the JavaScript heaps' (runner/jsengine.py).
+    from runner.jsengine import _read_entry, _write_entry
+
+    source = read_source(spec)
+    runtime = interpreter(language, spec, cache, write=write)
+    key = recipe_key(language, spec, source, cache)
+    src = src_folder(language, spec, source, cache, key)
+    entry = _read_entry(cache, key, verify=write)
+    if entry is not None and isinstance(entry[1].get("snapshot"), dict):
+        module, note = entry
+        snapshot: dict[str, Any] = note["snapshot"]
+    else:
+        try:
+            heap_bytes, snapshot = bake(runtime, spec, src)
+        finally:
+            # A load's Store can outlive it in a traceback cycle, holding two
+            # of the pool's few instance slots; free it now.
+            gc.collect()
+        module = wasmtime.Module(cache.engine, heap_bytes)
+        if write:
+            _write_entry(cache, key, module, {"kind": kind, "source": spec.path, "snapshot": snapshot})
+    if write:
+        record(spec, cache, language, key)
+    return runtime, src, module, snapshot
