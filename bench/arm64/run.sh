@@ -71,10 +71,12 @@ chmod +x "$PY"
 stamp "python: $("$PY" -c 'import platform, sys; print(platform.machine(), sys.version.split()[0])')"
 
 # --- 3. aarch64 wheels from PyPI, and the project itself -----------------
-if [ ! -f "$WORK/wheels.done" ]; then
+deps=$("$HOST_PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"]))')
+mapfile -t deps <<<"$deps"
+# The wheels are kept between runs until the dependency list changes.
+wanted=$(printf '%s\n' "${deps[@]}" | sha256sum | cut -c1-16)
+if [ "$(cat "$WORK/wheels.done" 2>/dev/null)" != "$wanted" ]; then
   stamp "installing aarch64 wheels from PyPI"
-  deps=$("$HOST_PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"]))')
-  mapfile -t deps <<<"$deps"
   # pip evaluates dependency markers with the host's Python, not this one:
   # redis needs async-timeout before 3.11.3 (Debian 12 has 3.11.2), so it is
   # listed by hand.
@@ -88,7 +90,7 @@ if [ ! -f "$WORK/wheels.done" ]; then
     cat "$WORK/pip.log" >&2
     exit 1
   fi
-  touch "$WORK/wheels.done"
+  echo "$wanted" >"$WORK/wheels.done"
 fi
 # The project is pure Python: its packages are copied next to their deps
 # (runners start with -I, so they import them from site-packages). Copying
