@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -45,6 +44,7 @@ from supervisor.pool import Pool, RunnerBootError
 from supervisor.project import Project, StartupError, load_project
 from supervisor.runner_state import StatePublisher
 from supervisor.scratch import make_scratch
+from supervisor.signals import watch_signals
 from supervisor.watch import reload_on_change
 
 log = logging.getLogger("supervisor.frontend")  # also when run as __main__
@@ -180,26 +180,16 @@ class FrontEnd:
         return generation
 
     async def _watch_signals(self, switch: Switch, scope: trio.CancelScope, hurry_s: float) -> None:
-        grace_s = self._config.graceful_timeout_s
-        with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if signum == signal.SIGHUP:
-                    if not self.shutdown.requested.is_set():
-                        assert self._nursery is not None
-                        self._nursery.start_soon(self.reload, switch)
-                elif not self.shutdown.requested.is_set():
-                    log.info(
-                        "%s received: finishing in-flight requests (up to %.1f s), then stopping",
-                        name,
-                        grace_s,
-                    )
-                    self._notifier.stopping()
-                    self.shutdown.begin(grace_s)
-                else:
-                    # Cut the grace short, but still answer, stop the runners and clean up.
-                    log.warning("second %s: answering in-flight requests 503 and stopping now", name)
-                    self.shutdown.begin(hurry_s)
+        assert self._nursery is not None
+        nursery = self._nursery
+        with scope:
+            await watch_signals(
+                self.shutdown,
+                self._notifier,
+                self._config.graceful_timeout_s,
+                hurry_s,
+                lambda: nursery.start_soon(self.reload, switch),
+            )
 
     async def reload(self, switch: Switch) -> None:
         """Load the project and configuration again, compile what changed,

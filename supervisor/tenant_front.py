@@ -18,7 +18,6 @@ import dataclasses
 import io
 import logging
 import shutil
-import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +41,7 @@ from supervisor.project import Project, StartupError
 from supervisor.runner_state import StatePublisher
 from supervisor.runners import start_runner
 from supervisor.scratch import make_scratch
+from supervisor.signals import watch_signals
 from supervisor.tenant_project import TenantKv, fingerprint, kv_limits, load_tenant_project, tenant_config
 from supervisor.tenant_router import TenantEntry, TenantRouter
 from supervisor.tenants import Tenant, TenantsError, load_tenants
@@ -266,25 +266,16 @@ class TenantFrontEnd:
         return generation
 
     async def _watch_signals(self, scope: trio.CancelScope, hurry_s: float) -> None:
-        grace_s = self._config.graceful_timeout_s
-        with scope, trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if signum == signal.SIGHUP:
-                    if not self.shutdown.requested.is_set():
-                        assert self._nursery is not None
-                        self._nursery.start_soon(self.reload)
-                elif not self.shutdown.requested.is_set():
-                    log.info(
-                        "%s received: finishing in-flight requests (up to %.1f s), then stopping",
-                        name,
-                        grace_s,
-                    )
-                    self._notifier.stopping()
-                    self.shutdown.begin(grace_s)
-                else:
-                    log.warning("second %s: answering in-flight requests 503 and stopping now", name)
-                    self.shutdown.begin(hurry_s)
+        assert self._nursery is not None
+        nursery = self._nursery
+        with scope:
+            await watch_signals(
+                self.shutdown,
+                self._notifier,
+                self._config.graceful_timeout_s,
+                hurry_s,
+                lambda: nursery.start_soon(self.reload),
+            )
 
     async def reload(self) -> None:
         """Read the configuration and the tenants file again and apply what
