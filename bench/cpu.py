@@ -130,7 +130,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         project = _bench_project(root)
-        command = _supervisor(project, root / "cache", "--frontends", "1", "-w", "1")
+        # No planned recycling during the measurement: the runner's pid must stay.
+        command = _supervisor(
+            project, root / "cache", "--frontends", "1", "-w", "1", "--max-requests", "100000000"
+        )
         limit_cmd = [sys.executable, str(Path(__file__).parent / "limit_app.py"), "0"]
         with server(limit_cmd, "listening on") as limit, server(command, "Start serving") as ours:
             psutil.Process(limit.process.pid).cpu_affinity([FRONT_CPU])

@@ -80,11 +80,10 @@ class WorkerApp:
             )
             # Read what the client sent first (bounded): closing over unread
             # bytes resets the connection, and the client could lose the 400.
-            with (
-                contextlib.suppress(_BodyTooLarge),
-                trio.move_on_after(min(1.0, self._config.body_timeout_s)),
-            ):
-                await _read_body(scope, receive, self._config.max_body_bytes)
+            with contextlib.suppress(_BodyTooLarge):
+                await _read_body(
+                    scope, receive, self._config.max_body_bytes, min(1.0, self._config.body_timeout_s)
+                )
             await plain(
                 send,
                 400,
@@ -152,10 +151,8 @@ class WorkerApp:
         if self._cors and is_preflight(scope):
             await preflight(scope, send, self._cors)
             return
-        body: bytes | None = None
         try:
-            with trio.move_on_after(self._config.body_timeout_s):
-                body = await _read_body(scope, receive, self._config.max_body_bytes)
+            body = await _read_body(scope, receive, self._config.max_body_bytes, self._config.body_timeout_s)
         except _BodyTooLarge:
             log.warning(
                 "%s %s: request body over %d bytes refused",
@@ -287,7 +284,12 @@ def _has_both_framings(headers: list[tuple[bytes, bytes]]) -> bool:
     return b"content-length" in names and b"transfer-encoding" in names
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def _read_body(scope: Scope, receive: Receive, limit: int, timeout_s: float) -> bytes | None:
+    """The whole request body, or None when it did not arrive within ``timeout_s``.
+
+    Raises:
+        _BodyTooLarge: over ``limit`` bytes (announced or received).
+    """
     has_body = False
     for name, value in scope["headers"]:
         if name == b"content-length":
@@ -298,6 +300,12 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             has_body = True
     if not has_body:
         return b""  # HTTP/1.1 without length or chunking: no body to wait for
+    with trio.move_on_after(timeout_s):  # only requests with a body pay for the scope
+        return await _receive_body(receive, limit)
+    return None
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -59,7 +59,10 @@ def _hypercorn_config(config: ServerConfig) -> hypercorn.config.Config:
     hc = hypercorn.config.Config()
     hc.include_server_header = False
     # One line per request, like wws's actix logger, when asked for.
-    hc.accesslog = logging.getLogger("wws.access") if config.access_log else None
+    access = logging.getLogger("wws.access")
+    # hypercorn formats every access line before the logger's level is asked:
+    # with --log-level warning (or --no-access-log) it is not built at all.
+    hc.accesslog = access if config.access_log and access.isEnabledFor(logging.INFO) else None
     hc.access_log_format = '%(h)s "%(R)s" %(s)s %(b)s %(L)ss'
     hc.errorlog = logging.getLogger("hypercorn.error")
     if config.certfile is not None:

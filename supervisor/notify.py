@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import time
 
@@ -45,7 +46,9 @@ class Notifier:
     def enabled(self) -> bool:
         return self._address is not None
 
-    def send(self, *lines: str) -> None:
+    def send(self, *lines: str, wait_s: float = 1.0) -> None:
+        """Send one message; if the reader is behind, wait up to ``wait_s``
+        for room (state changes matter; a late watchdog ping does not)."""
         if self._address is None:
             return
         if self._socket is None:
@@ -53,8 +56,13 @@ class Notifier:
             # event loop (a full queue drops the message instead).
             kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
             self._socket = socket.socket(socket.AF_UNIX, kind)
-        with contextlib.suppress(OSError):  # systemd gone, restarting or behind: nothing to tell
-            self._socket.sendto("\n".join(lines).encode(), self._address)
+        message = "\n".join(lines).encode()
+        with contextlib.suppress(OSError):  # systemd gone, restarting or far behind: nothing to tell
+            try:
+                self._socket.sendto(message, self._address)
+            except BlockingIOError:
+                if wait_s > 0 and select.select([], [self._socket], [], wait_s)[1]:
+                    self._socket.sendto(message, self._address)
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")
@@ -75,7 +83,7 @@ class Notifier:
         if self._address is None or self.watchdog_interval_s is None:
             return
         while True:
-            self.send("WATCHDOG=1")
+            self.send("WATCHDOG=1", wait_s=0)
             await trio.sleep(self.watchdog_interval_s)
 
     def close(self) -> None:

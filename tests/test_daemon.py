@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,48 +40,84 @@ async def _wait_log(server: ServerProcess, pattern: str, start: int = 0) -> str:
     return match.group(1) if match.groups() else match.group(0)
 
 
+class NotifyListener:
+    """A notify socket read from the start by a thread (the queue of a Unix
+    datagram socket holds only a few messages: watchdog pings would fill it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(path)
+        self._messages: list[str] = []
+        self._cursor = 0
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._sock.recv(4096).decode()
+            except OSError:
+                return
+            with self._cond:
+                self._messages.append(message)
+                self._cond.notify_all()
+
+    def next_state(self, timeout: float = 60) -> str:
+        """The next message that is not a watchdog ping."""
+        with self._cond:
+            while True:
+                while self._cursor < len(self._messages):
+                    message = self._messages[self._cursor]
+                    self._cursor += 1
+                    if message != "WATCHDOG=1":
+                        return message
+                if not self._cond.wait(timeout):
+                    raise AssertionError(f"no notify message in {timeout} s; got {self._messages}")
+
+    def pings(self) -> int:
+        with self._cond:
+            return self._messages.count("WATCHDOG=1")
+
+    def wait_for_pings(self, count: int, timeout: float = 30) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._messages.count("WATCHDOG=1") >= count, timeout):
+                raise AssertionError(f"fewer than {count} watchdog pings: {self._messages}")
+
+    def close(self) -> None:
+        self._sock.close()
+
+
 @pytest.fixture
-def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
-    path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(30)
+def notify_listener(tmp_path: Path) -> Iterator[NotifyListener]:
+    listener = NotifyListener(str(tmp_path / "notify.sock"))
     try:
-        yield sock, path
+        yield listener
     finally:
-        sock.close()
-
-
-def _next_state(sock: socket.socket, skip_watchdog: bool = True) -> str:
-    while True:
-        message = sock.recv(4096).decode()
-        if skip_watchdog and message == "WATCHDOG=1":
-            continue
-        return message
+        listener.close()
 
 
 @pytest.mark.parametrize("frontends", ["1", "2"])
 async def test_notify_messages_in_order_with_watchdog_pings(
-    tmp_path: Path, cache_dir: Path, notify_socket: tuple[socket.socket, str], frontends: str
+    tmp_path: Path, cache_dir: Path, notify_listener: NotifyListener, frontends: str
 ) -> None:
-    sock, path = notify_socket
-    env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}
+    env = {"NOTIFY_SOCKET": notify_listener.path, "WATCHDOG_USEC": "200000"}
     args = ["-w", "2", "--frontends", frontends]
     server = ServerProcess(_project(tmp_path), args, cache_dir, env=env)
     try:
         await trio.to_thread.run_sync(server.wait_ready)
-        ready = await trio.to_thread.run_sync(_next_state, sock)
+        ready = await trio.to_thread.run_sync(notify_listener.next_state)
         assert ready.startswith("READY=1\nSTATUS=serving 2 routes")
-        pings = [await trio.to_thread.run_sync(lambda: sock.recv(4096)) for _ in range(3)]
-        assert set(pings) == {b"WATCHDOG=1"}
+        pings = notify_listener.pings()
+        await trio.to_thread.run_sync(notify_listener.wait_for_pings, pings + 3)
         server.signal(signal.SIGHUP)
-        reloading = await trio.to_thread.run_sync(_next_state, sock)
+        reloading = await trio.to_thread.run_sync(notify_listener.next_state)
         assert reloading.startswith("RELOADING=1\nMONOTONIC_USEC=")
-        assert (await trio.to_thread.run_sync(_next_state, sock)).startswith(
+        assert (await trio.to_thread.run_sync(notify_listener.next_state)).startswith(
             "READY=1\nSTATUS=serving generation 2"
         )
         server.signal(signal.SIGTERM)
-        assert (await trio.to_thread.run_sync(_next_state, sock)).startswith("STOPPING=1")
+        assert (await trio.to_thread.run_sync(notify_listener.next_state)).startswith("STOPPING=1")
         assert await trio.to_thread.run_sync(server.wait_exit) == 0
     finally:
         server.stop()
