@@ -90,7 +90,18 @@ def frontend_count(config: ServerConfig, project: Project) -> int:
                 f"--frontends {config.frontends} needs a KV store the front ends share: "
                 "pass --kv sqlite:///path/kv.db or --kv redis://host:port/db (or --frontends 1)"
             )
-        return max(1, min(config.frontends, runners))
+        count = max(1, min(config.frontends, runners))
+        if count > 1 and runners < 2 * count:
+            # One runner per front end: a request stuck in it makes that
+            # front end answer 503 to its other clients until the deadline.
+            log.warning(
+                "%d front ends share %d runners: some have only one, so one slow request there holds up "
+                "the others (give -w %d for two each)",
+                count,
+                runners,
+                2 * count,
+            )
+        return count
     if project.uses_kv() and not shared_kv:
         return 1
     return max(1, min(os.cpu_count() or 1, _MAX_AUTO_FRONTENDS, runners // 2))
