@@ -97,6 +97,11 @@ def run(
             execution.outbound_requests,
         )
     error = execution.error
+    if error is not None:
+        # The traceback's frames hold the request's Store: left to the cycle
+        # collector, each trapped request would keep its instance slots of the
+        # pooling allocator, and a few traps in a row would exhaust them.
+        error.__traceback__ = None
     classified = failures.classify(error) if error is not None else None
     kind, detail = classified or (
         FailureKind.INTERNAL,

@@ -25,6 +25,7 @@ from supervisor.runners import start_runner
 from tests.helpers import REPO, ServerProcess, http, parse_response, serving
 
 PROJECT = Path(__file__).resolve().parent / "hardproject"
+JS_PROJECT = Path(__file__).resolve().parent / "jsproject"
 
 
 async def _wait_log(server: ServerProcess, pattern: str, start: int = 0) -> str:
@@ -313,3 +314,18 @@ async def test_a_runner_gone_at_once_is_inspected_safely() -> None:
         os.kill(runner.pid, signal.SIGKILL)
         assert await runner.wait_exit() == -signal.SIGKILL
         assert runner.rss_bytes() == 0  # no psutil.NoSuchProcess escapes
+
+
+async def test_many_trapped_requests_in_a_row_leave_the_runner_its_instance_slots(cache_dir: Path) -> None:
+    # Each JS request holds two of the pooling allocator's few instance slots;
+    # a trapped one must give them back at once, not when the cycle collector runs.
+    args = ["-w", "1", "--fuel", "20000000", "--log-level", "warning"]
+    async with serving(JS_PROJECT, args, cache_dir) as server:
+        for _ in range(12):
+            response = await http(server.port, "GET", "/loop")
+            assert (response.status, response.headers["x-wws-failure"]) == (504, "out-of-fuel")
+        for _ in range(3):
+            assert (await http(server.port, "GET", "/basic")).status == 200
+        for _ in range(12):
+            assert (await http(server.port, "GET", "/recursion")).status == 500
+        assert (await http(server.port, "GET", "/basic")).status == 200
