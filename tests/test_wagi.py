@@ -4,12 +4,14 @@ limits and failure kinds, startup errors, and protocol = "wagi" in a folder."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import EXAMPLES, ServerProcess, http
+from tests.helpers import EXAMPLES, ServerProcess, http, serving
 
 HERE = Path(__file__).resolve().parent / "wagiproject"
 MODULES = EXAMPLES / "wagi" / "_modules"
@@ -309,3 +311,74 @@ async def test_protocol_wagi_in_a_wws_folder(cache_dir: Path) -> None:
         assert (await http(port, "GET", "/healthz")).status == 404  # WAGI's built-in is for modules.toml
     finally:
         server.stop()
+
+
+def _outbound_module(url: str) -> str:
+    """A WAGI module that GETs ``url`` through wasi_experimental_http and
+    prints the body, or ``error NN`` with the ABI's error code."""
+    return f"""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_experimental_http" "req"
+    (func $req (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_experimental_http" "body_read" (func $body_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_experimental_http" "close" (func $close (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "{url}")
+  (data (i32.const 512) "GET")
+  (data (i32.const 1024) "Content-Type: text/plain\\0a\\0a")
+  (data (i32.const 1100) "error ")
+  (func $print (param $at i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $at)) (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "_start") (local $err i32)
+    (local.set $err (call $req (i32.const 64) (i32.const {len(url)}) (i32.const 512) (i32.const 3)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 16) (i32.const 20)))
+    (call $print (i32.const 1024) (i32.const 26))
+    (if (local.get $err)
+      (then
+        (i32.store8 (i32.const 1106) (i32.add (i32.const 48) (i32.div_u (local.get $err) (i32.const 10))))
+        (i32.store8 (i32.const 1107) (i32.add (i32.const 48) (i32.rem_u (local.get $err) (i32.const 10))))
+        (call $print (i32.const 1100) (i32.const 8))
+        (return)))
+    (drop (call $body_read (i32.load (i32.const 20)) (i32.const 2048) (i32.const 1024) (i32.const 24)))
+    (drop (call $close (i32.load (i32.const 20))))
+    (call $print (i32.const 2048) (i32.load (i32.const 24)))))
+"""
+
+
+async def test_outbound_http_follows_allowed_hosts(tmp_path: Path, cache_dir: Path) -> None:
+    class Upstream(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"upstream says hi"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        origin = f"http://127.0.0.1:{upstream.server_address[1]}"
+        (tmp_path / "fetch.wat").write_text(_outbound_module(f"{origin}/data"))
+        entries = [
+            ("/allowed", f'allowed_hosts = ["{origin}"]'),
+            ("/all", 'allowed_hosts = ["insecure:allow-all"]'),
+            ("/other", 'allowed_hosts = ["https://example.com"]'),
+            ("/none", ""),
+        ]
+        (tmp_path / "modules.toml").write_text(
+            "".join(f'[[module]]\nroute = "{r}"\nmodule = "fetch.wat"\n{extra}\n\n' for r, extra in entries)
+        )
+        async with serving(tmp_path / "modules.toml", ["-w", "1"], cache_dir) as server:
+            for route in ("/allowed", "/all"):
+                response = await http(server.port, "GET", route)
+                assert (response.status, response.text) == (200, "upstream says hi")
+            for route in ("/other", "/none"):
+                response = await http(server.port, "GET", route)
+                assert (response.status, response.text) == (200, "error 07")  # DESTINATION_NOT_ALLOWED
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
