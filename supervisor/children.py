@@ -44,6 +44,17 @@ class Child:
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
+    def stopped(self) -> bool:
+        """Whether the child is stopped by a signal; the state is left for
+        the owner's reaping (WNOWAIT), and an exited child is not stopped."""
+        if self.popen.returncode is not None:
+            return False
+        try:
+            state = os.waitid(os.P_PID, self.pid, os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return state is not None and state.si_code == os.CLD_STOPPED
+
     def send_signal(self, signum: int) -> None:
         if self.popen.returncode is None:
             with contextlib.suppress(OSError):

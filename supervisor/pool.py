@@ -29,6 +29,7 @@ import logging
 import math
 import random
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -149,12 +150,15 @@ class Pool:
         Raises:
             RunnerBootError: no runner ever booted (see the module docstring).
         """
-        async with trio.open_nursery() as nursery:
-            self._slots_scope = nursery.cancel_scope
-            for index in range(self.settings.workers):
-                nursery.start_soon(self._slot, index)
-            await self._all_ready.wait()
-            task_status.started()
+        async with trio.open_nursery() as watchers:
+            watchers.start_soon(self._watch_stops)
+            async with trio.open_nursery() as nursery:
+                self._slots_scope = nursery.cancel_scope
+                for index in range(self.settings.workers):
+                    nursery.start_soon(self._slot, index)
+                await self._all_ready.wait()
+                task_status.started()
+            watchers.cancel_scope.cancel()
         if self._halted is not None:
             # Raised out here, not from a slot: callers get one plain error.
             raise RunnerBootError(self._halted)
@@ -286,6 +290,19 @@ class Pool:
             kind, detail = FailureKind.OVERLOADED, "the server is shutting down"
         log.error("runner %d lost during request %d: %s (%s)", runner.pid, invoke.request_id, detail, how)
         return Failure(invoke.request_id, kind, f"{detail} ({how})", 0, int(elapsed * 1e6), b"")
+
+    async def _watch_stops(self) -> None:
+        # A runner stopped by a signal (SIGSTOP, a debugger) looks idle but
+        # would never answer: the request leased to it would wait for its
+        # deadline. SIGCHLD says a child changed state; replace stopped ones now.
+        with trio.open_signal_receiver(signal.SIGCHLD) as signals:
+            async for _ in signals:
+                for member in list(self.members.values()):
+                    if member.reason is None and member.runner.stopped():
+                        log.warning("runner %d was stopped by a signal; replacing it", member.runner.pid)
+                        member.runner.kill()  # a busy one's request gets 502 now, not at its deadline
+                        if not member.busy:
+                            member.retire(Retired.CRASHED)
 
     async def _watch_exit(self, member: Member) -> None:
         # A runner that dies while idle (OOM killer, a stray signal) is noticed

@@ -51,6 +51,8 @@ class Runner(Protocol):
 
     def boot_error(self) -> str: ...
 
+    def stopped(self) -> bool: ...
+
 
 RunnerFactory = Callable[[trio.Nursery], Awaitable[Runner]]
 

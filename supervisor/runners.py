@@ -180,6 +180,10 @@ class RunnerHandle:
     def kill(self) -> None:
         self.child.kill()
 
+    def stopped(self) -> bool:
+        """Whether the runner is stopped by a signal (it would never answer)."""
+        return self.child.stopped()
+
     def close_stdin(self) -> None:
         """Ask the runner to exit: it sees EOF on its stdin."""
         if self._stdin_open:

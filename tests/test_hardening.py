@@ -329,3 +329,16 @@ async def test_many_trapped_requests_in_a_row_leave_the_runner_its_instance_slot
         for _ in range(12):
             assert (await http(server.port, "GET", "/recursion")).status == 500
         assert (await http(server.port, "GET", "/basic")).status == 200
+
+
+async def test_a_stopped_runner_is_replaced_before_a_request_can_wait_on_it(cache_dir: Path) -> None:
+    async with serving(PROJECT, ["-w", "2", "--log-level", "debug"], cache_dir) as server:
+        victim = _runners(server)[0]
+        mark = len(server.lines)
+        victim.suspend()  # SIGSTOP: it looks idle but would never answer
+        await _wait_log(server, rf"runner {victim.pid} was stopped by a signal; replacing it", start=mark)
+        for _ in range(6):
+            with trio.fail_after(2):  # far below the 6 s a request leased to it would wait
+                assert (await http(server.port, "GET", "/hello")).status == 201
+        _, alive = await trio.to_thread.run_sync(lambda: psutil.wait_procs([victim], timeout=10))
+        assert not alive

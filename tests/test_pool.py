@@ -82,6 +82,9 @@ class FakeRunner:
     def boot_error(self) -> str:
         return "boot failed: the engine is broken"
 
+    def stopped(self) -> bool:
+        return False
+
 
 @dataclasses.dataclass
 class Factory:
