@@ -383,8 +383,7 @@ CLASSES = [
         "sigstop",
         "runner SIGSTOP",
         signal_runner(signal.SIGSTOP),
-        "one request: the one leased to the frozen runner waits for its deadline (504)",
-        allowed=1,
+        "yes: the stopped runner is noticed on SIGCHLD and replaced before a request can wait on it",
     ),
     FaultClass(
         "garbage",
