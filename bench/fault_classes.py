@@ -383,7 +383,7 @@ CLASSES = [
         "sigstop",
         "runner SIGSTOP",
         signal_runner(signal.SIGSTOP),
-        "yes: the stopped runner is noticed on SIGCHLD and replaced before a request can wait on it",
+        "yes: a stopped runner is found when it is next leased (one waitid call) and replaced; no request waits on it",
     ),
     FaultClass(
         "garbage",

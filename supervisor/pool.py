@@ -29,7 +29,6 @@ import logging
 import math
 import random
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -150,15 +149,12 @@ class Pool:
         Raises:
             RunnerBootError: no runner ever booted (see the module docstring).
         """
-        async with trio.open_nursery() as watchers:
-            watchers.start_soon(self._watch_stops)
-            async with trio.open_nursery() as nursery:
-                self._slots_scope = nursery.cancel_scope
-                for index in range(self.settings.workers):
-                    nursery.start_soon(self._slot, index)
-                await self._all_ready.wait()
-                task_status.started()
-            watchers.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            self._slots_scope = nursery.cancel_scope
+            for index in range(self.settings.workers):
+                nursery.start_soon(self._slot, index)
+            await self._all_ready.wait()
+            task_status.started()
         if self._halted is not None:
             # Raised out here, not from a slot: callers get one plain error.
             raise RunnerBootError(self._halted)
@@ -242,7 +238,7 @@ class Pool:
                 member = self._idle.receive_nowait()
             except trio.WouldBlock:
                 break
-            if member.reason is None:
+            if self._usable(member):
                 return member
         self._waiting += 1
         metrics.queued(1)
@@ -250,12 +246,26 @@ class Pool:
             with trio.move_on_after(self.settings.queue_timeout_s):
                 while True:
                     member = await self._idle.receive()
-                    if member.reason is None:  # skip runners that died while queued
+                    if self._usable(member):  # skip runners that died while queued
                         return member
         finally:
             self._waiting -= 1
             metrics.queued(-1)
         raise Overloaded("no runner became free in time")
+
+    @staticmethod
+    def _usable(member: Member) -> bool:
+        if member.reason is not None:
+            return False
+        # A runner stopped by a signal (SIGSTOP, a debugger) looks idle but
+        # would never answer: the request leased to it would wait for its
+        # whole deadline. One waitid() per lease finds it first.
+        if member.runner.stopped():
+            log.warning("runner %d was stopped by a signal; replacing it", member.runner.pid)
+            member.runner.kill()
+            member.retire(Retired.CRASHED)
+            return False
+        return True
 
     def _give_back(self, member: Member) -> None:
         runner = member.runner
@@ -290,19 +300,6 @@ class Pool:
             kind, detail = FailureKind.OVERLOADED, "the server is shutting down"
         log.error("runner %d lost during request %d: %s (%s)", runner.pid, invoke.request_id, detail, how)
         return Failure(invoke.request_id, kind, f"{detail} ({how})", 0, int(elapsed * 1e6), b"")
-
-    async def _watch_stops(self) -> None:
-        # A runner stopped by a signal (SIGSTOP, a debugger) looks idle but
-        # would never answer: the request leased to it would wait for its
-        # deadline. SIGCHLD says a child changed state; replace stopped ones now.
-        with trio.open_signal_receiver(signal.SIGCHLD) as signals:
-            async for _ in signals:
-                for member in list(self.members.values()):
-                    if member.reason is None and member.runner.stopped():
-                        log.warning("runner %d was stopped by a signal; replacing it", member.runner.pid)
-                        member.runner.kill()  # a busy one's request gets 502 now, not at its deadline
-                        if not member.busy:
-                            member.retire(Retired.CRASHED)
 
     async def _watch_exit(self, member: Member) -> None:
         # A runner that dies while idle (OOM killer, a stray signal) is noticed

@@ -336,9 +336,9 @@ async def test_a_stopped_runner_is_replaced_before_a_request_can_wait_on_it(cach
         victim = _runners(server)[0]
         mark = len(server.lines)
         victim.suspend()  # SIGSTOP: it looks idle but would never answer
-        await _wait_log(server, rf"runner {victim.pid} was stopped by a signal; replacing it", start=mark)
-        for _ in range(6):
+        for _ in range(6):  # one of these would be leased to it
             with trio.fail_after(2):  # far below the 6 s a request leased to it would wait
                 assert (await http(server.port, "GET", "/hello")).status == 201
+        await _wait_log(server, rf"runner {victim.pid} was stopped by a signal; replacing it", start=mark)
         _, alive = await trio.to_thread.run_sync(lambda: psutil.wait_procs([victim], timeout=10))
         assert not alive
