@@ -383,7 +383,8 @@ CLASSES = [
         "sigstop",
         "runner SIGSTOP",
         signal_runner(signal.SIGSTOP),
-        "yes: a stopped runner is found when it is next leased (one waitid call) and replaced; no request waits on it",
+        "yes: a stopped runner is found when it is next leased (one waitid call) and replaced;"
+        " no request waits on it",
     ),
     FaultClass(
         "garbage",
