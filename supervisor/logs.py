@@ -22,13 +22,15 @@ _ERROR_MARK = "❌"
 
 def plain(line: str) -> str:
     """``line`` without its leading emoji; an error mark becomes ``error:``."""
-    if line.startswith(_ERROR_MARK):
-        return "error: " + line[len(_ERROR_MARK) :].lstrip()
+    text = line.lstrip(" ")
+    indent = line[: len(line) - len(text)]
+    if text.startswith(_ERROR_MARK):
+        return indent + "error: " + text[len(_ERROR_MARK) :].lstrip()
     start = 0
     # Pictographs are "other symbols"; variation selectors and joiners ride along.
-    while start < len(line) and unicodedata.category(line[start]) in ("So", "Mn", "Cf"):
+    while start < len(text) and unicodedata.category(text[start]) in ("So", "Mn", "Cf"):
         start += 1
-    return line[start:].lstrip() if start else line
+    return indent + text[start:].lstrip() if start else line
 
 
 def error_line(message: str, stream: TextIO) -> str:
