@@ -137,7 +137,11 @@ def wrk(url: str, seconds: int, connections: int = 16, threads: int = 2) -> Load
         text=True,
         timeout=seconds + 60,
     )
-    text = result.stdout
+    return parse_wrk(result.stdout)
+
+
+def parse_wrk(text: str) -> Load:
+    """What wrk's report (with --latency) says: req/s, p50, p99, errors."""
     load = Load()
     if found := re.search(r"Requests/sec:\s+([\d.]+)", text):
         load.rps = float(found.group(1))

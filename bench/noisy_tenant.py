@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from bench.harness import Load, _ms, have, server  # noqa: E402
+from bench.harness import Load, have, parse_wrk, server  # noqa: E402
 
 QUOTA = """
 [tenant.limits]
@@ -78,17 +77,7 @@ def _wrk(url: str, host: str, seconds: int, connections: int, into: list[Load]) 
         text=True,
         timeout=seconds + 60,
     )
-    text, load = result.stdout, Load()
-    if found := re.search(r"Requests/sec:\s+([\d.]+)", text):
-        load.rps = float(found.group(1))
-    if found := re.search(r"50%\s+([\d.]+)(us|ms|s)", text):
-        load.p50_ms = _ms(found)
-    if found := re.search(r"99%\s+([\d.]+)(us|ms|s)", text):
-        load.p99_ms = _ms(found)
-    if found := re.search(r"Non-2xx or 3xx responses: (\d+)", text):
-        load.non_2xx = int(found.group(1))
-    if found := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text):
-        load.socket_errors = sum(int(n) for n in found.groups())
+    load = parse_wrk(result.stdout)
     into.append(load)
 
 
