@@ -54,6 +54,12 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    if text.strip() == "0":
+        return 0
+    return _positive(text)
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -168,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-w",
         "--workers",
         type=_positive,
-        default=defaults_pool.workers,
-        help=f"runner processes (default: CPU count, here {defaults_pool.workers})",
+        default=None,
+        help=f"runner processes (default: CPU count, here {defaults_pool.workers}, "
+        "and at least two per front end)",
     )
     pool.add_argument(
         "--queue-size",
@@ -188,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=defaults_pool.max_requests,
         help="recycle a runner after this many requests, plus jitter (default: %(default)s)",
+    )
+    pool.add_argument(
+        "--demote-after-ms",
+        type=_non_negative,
+        default=defaults_pool.demote_after_ms,
+        help="a request that has used this much CPU runs at the lowest CPU priority from then on, "
+        "so it slows down nothing else; 0 never demotes (default: %(default)s)",
     )
     pool.add_argument(
         "--max-runner-rss-mb",
@@ -301,7 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runner_count(args: argparse.Namespace) -> int:
+    if args.workers is not None:
+        return int(args.workers)
+    # Two runners per front end at least: with one, a slow request holds up
+    # every other request of its front end.
+    return max(PoolSettings().workers, 2 * (args.frontends or 1))
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    workers = _runner_count(args)
     return ServerConfig(
         project=Path(args.path),
         host=args.host,
@@ -310,15 +333,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ignore=tuple(args.ignore),
         limits=Limits(fuel=args.fuel, memory_mb=args.memory_mb, timeout_ms=args.timeout_ms),
         pool=PoolSettings(
-            workers=args.workers,
+            workers=workers,
             queue_size=args.queue_size,
             queue_timeout_s=args.queue_timeout_ms / 1000,
             max_requests=args.max_requests,
             max_runner_rss_mb=args.max_runner_rss_mb,
+            demote_after_ms=args.demote_after_ms,
         ),
         max_body_bytes=args.max_body_kb << 10,
         body_timeout_s=args.body_timeout_ms / 1000,
-        max_connections=args.max_connections or default_max_connections(args.workers),
+        max_connections=args.max_connections or default_max_connections(workers),
         graceful_timeout_s=args.graceful_timeout,
         frontends=args.frontends,
         cache_dir=args.cache_dir or default_cache_dir(),

@@ -38,6 +38,9 @@ class PoolSettings:
     boot_timeout_s: float = 60.0
     max_output_bytes: int = 16 << 20
     epoch_tick_ms: int = 10
+    # A request that has used this much of its runner's CPU gets the lowest
+    # CPU priority (supervisor/demotion.py); 0 turns demotion off.
+    demote_after_ms: int = 50
     # The runners' memory layout, planned at startup (runner.engine.plan_engine).
     engine: EngineSettings = dataclasses.field(default_factory=default_engine_settings)
 

@@ -18,6 +18,9 @@
 * A runner is recycled between requests once it has served its request quota
   (with jitter, so runners do not all restart at once) or its RSS passes the
   ceiling.
+* A request that has used ``demote_after_ms`` of CPU runs at the lowest CPU
+  priority from then on (``supervisor/demotion.py``); its runner is replaced
+  afterwards when its priority cannot be raised back.
 * :meth:`close` stops leasing; :meth:`hurry` cuts every in-flight request short
   (their runners are killed and the requests answered), so shutdown is bounded.
 """
@@ -37,6 +40,7 @@ import trio
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Ready, Reply, WorkerSpec
 from supervisor import metrics
 from supervisor.config import PoolSettings
+from supervisor.demotion import Demoter
 from supervisor.pool_members import (
     HALT_AFTER_BOOT_FAILURES,
     REAP_WAIT_S,
@@ -96,6 +100,7 @@ class Pool:
         self.restarts = 0
         # slot -> its booted runner, for the admin listener (supervisor/runner_state.py).
         self.members: dict[int, Member] = {}
+        self._demoter = Demoter(settings.demote_after_ms / 1000)
 
     def drop_workers(self, worker_ids: set[str]) -> None:
         """Leave these workers out of every runner (they failed to load)."""
@@ -151,10 +156,13 @@ class Pool:
         """
         async with trio.open_nursery() as nursery:
             self._slots_scope = nursery.cancel_scope
-            for index in range(self.settings.workers):
-                nursery.start_soon(self._slot, index)
-            await self._all_ready.wait()
-            task_status.started()
+            async with trio.open_nursery() as slots:
+                for index in range(self.settings.workers):
+                    slots.start_soon(self._slot, index)
+                nursery.start_soon(self._demoter.run)
+                await self._all_ready.wait()
+                task_status.started()
+            nursery.cancel_scope.cancel()  # every slot has ended: the demoter too
         if self._halted is not None:
             # Raised out here, not from a slot: callers get one plain error.
             raise RunnerBootError(self._halted)
@@ -202,6 +210,7 @@ class Pool:
             scope = trio.CancelScope(shield=True, deadline=deadline)
             member.busy = True
             self._in_flight.add(scope)
+            self._demoter.started(scope, runner.pid)
             metrics.running(1)
             try:
                 result = await runner.call(invoke, scope)
@@ -221,6 +230,8 @@ class Pool:
                     return await self._lost(member, invoke, exc, trio.current_time() - started)
             finally:
                 self._in_flight.discard(scope)
+                if self._demoter.finished(scope):
+                    member.retire(Retired.DEMOTED)
                 metrics.running(-1)
                 member.busy = False
             self._give_back(member)

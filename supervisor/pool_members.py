@@ -60,6 +60,7 @@ RunnerFactory = Callable[[trio.Nursery], Awaitable[Runner]]
 class Retired(enum.Enum):
     CLOSED = "closed"  # the pool is shutting down
     RECYCLED = "recycled"  # quota or RSS ceiling: planned
+    DEMOTED = "demoted"  # its priority was lowered and cannot be raised back: planned
     REQUEST_FAULT = "request-fault"  # killed at a deadline, or died during a request
     CRASHED = "crashed"  # died on its own while idle
     BOOT_FAILED = "boot-failed"

@@ -113,6 +113,10 @@ def render(argv: list[str], command: list[str]) -> str:
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
         "SystemCallFilter=@system-service",
         "SystemCallFilter=~@privileged @resources",
+        # Back in: a long request lowers its runner's priority, which is
+        # raised back afterwards within LimitNICE (supervisor/demotion.py).
+        "SystemCallFilter=setpriority",
+        "LimitNICE=20",
         "SystemCallArchitectures=native",
         "SystemCallErrorNumber=EPERM",
         "# Not MemoryDenyWriteExecute=yes: wasmtime compiles wasm to machine code at run time.",

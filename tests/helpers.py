@@ -42,8 +42,10 @@ class ServerProcess:
         cache_dir: Path,
         env: dict[str, str] | None = None,
         rlimits: dict[int, tuple[int, int]] | None = None,
+        command_prefix: Sequence[str] = (),
     ):
         cmd = [
+            *command_prefix,
             sys.executable,
             "-m",
             "supervisor",
@@ -214,10 +216,14 @@ def _chunks(data: bytes) -> Iterator[bytes]:
 
 @contextlib.asynccontextmanager
 async def serving(
-    project: Path, args: Sequence[str], cache_dir: Path, rlimits: dict[int, tuple[int, int]] | None = None
+    project: Path,
+    args: Sequence[str],
+    cache_dir: Path,
+    rlimits: dict[int, tuple[int, int]] | None = None,
+    command_prefix: Sequence[str] = (),
 ) -> AsyncIterator[ServerProcess]:
     """A server for one test: ready (port known) on entry, stopped on exit."""
-    server = ServerProcess(project, args, cache_dir, rlimits=rlimits)
+    server = ServerProcess(project, args, cache_dir, rlimits=rlimits, command_prefix=command_prefix)
     try:
         await trio.to_thread.run_sync(server.wait_ready)
         yield server

@@ -21,7 +21,8 @@ from supervisor.pool import Overloaded, Pool, RunnerBootError
 from supervisor.pool_members import HALT_AFTER_BOOT_FAILURES, backoff_delay
 from supervisor.runners import RunnerLost
 
-_pids = itertools.count(1000)
+# Above any pid_max: no real process is ever taken for a fake runner.
+_pids = itertools.count(1 << 23)
 
 
 class FakeRunner:
