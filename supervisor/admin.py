@@ -244,6 +244,10 @@ class AdminListener:
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
         self.panel_default = panel_default
 
+    def fileno(self) -> int:
+        """The listening socket's fd (handed over to the arbiter program)."""
+        return self._sock.fileno()
+
     @property
     def banner(self) -> str:
         where = " (--enable-panel's default)" if self.panel_default else ""

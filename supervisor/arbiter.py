@@ -1,8 +1,12 @@
 """The arbiter: several front-end processes on one port, supervised the way
 front ends supervise runners.
 
-The arbiter compiles every worker once (before it gets here) and holds one
-listening socket per front end, all bound to the port with SO_REUSEPORT; each
+It runs in a lean program of its own (``python -m supervisor.arbiter_main``,
+see ``supervisor/handover.py``): the startup process compiled every worker
+and bound the port, then replaced itself with that program, so the process
+that lives as long as the server imports no HTTP server, no project loader
+and no compile step (the admin listener's modules only when it is on). It
+holds one listening socket per front end, all bound to the port with SO_REUSEPORT; each
 front end (``python -m supervisor.frontend``) inherits its socket and serves it
 with its own slice of the runners. A front end that dies loses only its
 in-flight requests: its socket stays open here, so new connections wait in
@@ -17,6 +21,10 @@ its backlog until the replacement takes them.
 * SIGTERM/SIGINT are forwarded as SIGTERM: every front end drains within the
   grace period; a second signal is forwarded too, and they hurry. The arbiter
   exits last, once every front end has.
+* SIGHUP reloads: a throwaway process reads the configuration again, loads
+  the project and compiles it (``supervisor/prepare_child.py``); then the
+  front ends are replaced one at a time on their sockets. A failure keeps
+  the running front ends serving.
 """
 
 from __future__ import annotations
@@ -24,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import io
 import logging
 import os
 import signal
@@ -36,19 +43,35 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from supervisor.children import Child, own
-from supervisor.compiling import compile_project
-from supervisor.config import ServerConfig
-from supervisor.frontend import DRAINING_LINE, ERROR_PREFIX, READY_LINE, FrontendOrder, ReloadSource
+from supervisor.exit_status import describe_exit
+from supervisor.frontend_order import DRAINING_LINE, ERROR_PREFIX, READY_LINE, FrontendOrder
+from supervisor.handover import HANDED_OVER_SIGNALS
 from supervisor.notify import Notifier
 from supervisor.pool_members import HALT_AFTER_BOOT_FAILURES, backoff_delay
-from supervisor.project import StartupError, load_project
-from supervisor.runners import describe_exit
+from supervisor.prepare_child import PrepareFailed, prepare_reload
 
 log = logging.getLogger(__name__)
 
 _STABLE_AFTER_S = 10.0
 # Beyond the grace, what a front end gets to stop its runners before SIGKILL.
 _STOP_MARGIN_S = 5.0
+# What a reload's prepare process gets to stop (and stop its compile runner).
+_PREPARE_GRACE_S = 5.0
+
+
+class ArbiterHalted(Exception):
+    """No front end could start; the message is their error, one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ArbiterSettings:
+    """What the arbiter needs of the server's configuration."""
+
+    argv: list[str]  # the command line as given: front ends and reloads parse it again
+    workers: int  # runners in all, split across the front ends
+    max_connections: int  # for the whole server
+    graceful_timeout_s: float
+    reload: bool = True  # whether SIGHUP reloads (the prepare process reads argv again)
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -97,19 +120,15 @@ class _Attempt:
 class Arbiter:
     def __init__(
         self,
-        config: ServerConfig,
-        argv: list[str],
+        settings: ArbiterSettings,
         sockets: list[socket.socket],
-        broken: set[str],
+        broken: list[str],
         notifier: Notifier,
-        reload_source: ReloadSource | None = None,
     ) -> None:
-        self._config = config
-        self._argv = argv
+        self._settings = settings
         self._sockets = sockets
         self._broken = sorted(broken)
         self._notifier = notifier
-        self._reload_source = reload_source
         self._closing = trio.Event()
         self._current: dict[int, _Attempt] = {}
         # A reload's replacement for a slot, adopted when the old one exits.
@@ -126,12 +145,12 @@ class Arbiter:
         self.restarts = 0
 
     def _order(self, index: int) -> FrontendOrder:
-        shares = split(self._config.pool.workers, len(self._sockets))
+        shares = split(self._settings.workers, len(self._sockets))
         return FrontendOrder(
-            argv=self._argv,
+            argv=self._settings.argv,
             index=index,
             workers=shares[index],
-            max_connections=max(8, self._config.max_connections // len(self._sockets)),
+            max_connections=max(8, self._settings.max_connections // len(self._sockets)),
             broken=self._broken,
             socket_fd=self._sockets[index].fileno(),
             status_fd=-1,  # set when it is spawned
@@ -141,11 +160,12 @@ class Arbiter:
         """Run the front ends until a signal stops them all.
 
         Raises:
-            StartupError: no front end could start (their own error).
+            ArbiterHalted: no front end could start (their own error).
         """
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
-            nursery.start_soon(self._watch_signals, nursery)
+            # Listening before any front end starts: they inherit our signal mask.
+            await nursery.start(self._watch_signals, nursery)
             nursery.start_soon(self._report_ready, ready)
             async with trio.open_nursery() as owners:
                 self._owners = owners
@@ -154,14 +174,18 @@ class Arbiter:
                         slots.start_soon(self._slot, index)
             nursery.cancel_scope.cancel()  # every front end has stopped
         if self._halted is not None:
-            raise StartupError(self._halted)
+            raise ArbiterHalted(self._halted)
 
     async def _report_ready(self, ready: Callable[[], None]) -> None:
         await self._all_ready.wait()
         ready()
 
-    async def _watch_signals(self, nursery: trio.Nursery) -> None:
+    async def _watch_signals(self, nursery: trio.Nursery, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            # Blocked across the handover (supervisor/handover.py): one that
+            # came meanwhile is delivered now, to the receiver.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDED_OVER_SIGNALS)
+            task_status.started()
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
@@ -194,7 +218,7 @@ class Arbiter:
             ask_to_exit=functools.partial(attempt.child.send_signal, signal.SIGTERM),
             beside=attempt.read_status,
             release=attempt.release,
-            grace_s=self._config.graceful_timeout_s + _STOP_MARGIN_S,
+            grace_s=self._settings.graceful_timeout_s + _STOP_MARGIN_S,
         )
         await self._owners.start(owner)
         self._owners.start_soon(self._announce, index, attempt)
@@ -266,17 +290,20 @@ class Arbiter:
         """Load and compile the project again, then replace the front ends one
         at a time: each new one is ready on the same socket before the old one
         is told to drain. A failure keeps what is running."""
-        if self._reload_source is None:
+        if not self._settings.reload:
             return
         async with self._reload_lock:
             self._notifier.reloading()
             log.info("SIGHUP received: reloading the project")
             try:
-                await self._prepare_reload()
-            except StartupError as exc:
+                prepared = await prepare_reload(self._settings.argv, _PREPARE_GRACE_S)
+            except PrepareFailed as exc:
                 log.error("reload failed, the front ends keep serving: %s", exc)
                 self._notifier.ready(f"serving generation {self.generation}; the last reload failed: {exc}")
                 return
+            self._broken = prepared.broken
+            # The socket count (front ends) and address stay; the runner count may change.
+            self._settings = dataclasses.replace(self._settings, workers=prepared.workers)
             for index in range(len(self._sockets)):
                 if self._closing.is_set():
                     return
@@ -286,21 +313,6 @@ class Arbiter:
             self.generation += 1
             log.info("reloaded: every front end serves generation %d", self.generation)
             self._notifier.ready(f"serving generation {self.generation}")
-
-    async def _prepare_reload(self) -> None:
-        assert self._reload_source is not None
-        try:
-            config = self._reload_source()
-        except SystemExit as exc:  # argparse (a broken --config file) exits after printing why
-            raise StartupError(f"the configuration cannot be read ({exc})") from None
-        project_arg = str(config.project)
-        quiet = io.StringIO()  # startup lines are for the first start only
-        project, config = load_project(config, project_arg, quiet)
-        self._broken = sorted(await compile_project(config, project, project_arg, quiet))
-        # The socket count (front ends) and address stay; the runner count may change.
-        self._config = dataclasses.replace(
-            self._config, pool=dataclasses.replace(self._config.pool, workers=config.pool.workers)
-        )
 
     async def _replace(self, index: int) -> bool:
         old = self._current.get(index)
@@ -361,20 +373,3 @@ def _spawn(order: FrontendOrder) -> _Attempt:
     with contextlib.suppress(OSError):
         popen.stdin.close()
     return _Attempt(popen, status_read)
-
-
-async def run_arbiter(
-    config: ServerConfig,
-    argv: list[str],
-    sockets: list[socket.socket],
-    broken: set[str],
-    ready: Callable[[], None],
-    notifier: Notifier,
-    reload_source: ReloadSource | None = None,
-) -> None:
-    """Serve through ``len(sockets)`` front-end processes until a signal stops them.
-
-    Raises:
-        StartupError: no front end could start.
-    """
-    await Arbiter(config, argv, sockets, broken, notifier, reload_source).run(ready)

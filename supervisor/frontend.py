@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import functools
 import io
-import json
 import logging
 import os
 import shutil
@@ -35,6 +34,7 @@ from supervisor import metrics
 from supervisor.asgi import WorkerApp
 from supervisor.compiling import compile_project
 from supervisor.config import ServerConfig
+from supervisor.frontend_order import DRAINING_LINE, ERROR_PREFIX, READY_LINE, FrontendOrder
 from supervisor.generations import Generation, Switch
 from supervisor.http_front import HttpFront, Shutdown
 from supervisor.kv import KvStore, KvUnavailable, open_kv
@@ -48,11 +48,6 @@ from supervisor.signals import watch_signals
 from supervisor.watch import reload_on_change
 
 log = logging.getLogger("supervisor.frontend")  # also when run as __main__
-
-# What a front-end process tells the arbiter on its stdout, one line each.
-READY_LINE = b"ready\n"
-DRAINING_LINE = b"draining\n"  # no new connection reaches this front end any more
-ERROR_PREFIX = b"error: "
 
 
 def _hypercorn_config(config: ServerConfig) -> hypercorn.config.Config:
@@ -242,26 +237,6 @@ class FrontEnd:
             raise StartupError(f"the new runners cannot start: {exc}") from None
 
 
-@dataclasses.dataclass(frozen=True)
-class FrontendOrder:
-    """What the arbiter tells a front-end process (as JSON on its stdin)."""
-
-    argv: list[str]  # the wws-supervisor command line, as the user gave it
-    index: int
-    workers: int  # this front end's share of the runners
-    max_connections: int
-    broken: list[str]  # workers that failed to load at compile time
-    socket_fd: int
-    status_fd: int  # where READY_LINE or ERROR_PREFIX lines go (logs go to stdout)
-
-    def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self)).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> FrontendOrder:
-        return cls(**json.loads(data))
-
-
 def _report(fd: int, line: bytes) -> None:
     with contextlib.suppress(OSError):
         os.write(fd, line)
@@ -286,11 +261,12 @@ def main() -> int:
     """``python -m supervisor.frontend --parent PID``, started by the arbiter."""
     if not die_with_parent(sys.argv[1:]):
         return 0
-    from supervisor.cli import build_parser, config_from_args
+    from supervisor.cli import load_config
 
     order = FrontendOrder.from_json(sys.stdin.buffer.read())
     metrics.enable_inherited(order.index)  # before anything counts
-    config = config_from_args(build_parser().parse_args(order.argv))
+    # The command line over its --config file, as the arbiter's startup read them.
+    config = load_config(order.argv)[1]
     setup_logging(config.log_level, config.log_format, prefix=f"frontend-{order.index} ")
     try:
         with open(os.devnull, "w") as quiet:

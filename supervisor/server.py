@@ -1,6 +1,8 @@
 """``wws-supervisor``: load and check the project, bind the port, compile every
 worker once, then serve: in this process (``--frontends 1``), or through the
-arbiter and several front-end processes (``supervisor/arbiter.py``).
+arbiter and several front-end processes (``supervisor/arbiter.py``), which
+this process becomes by replacing itself with the lean arbiter program
+(``supervisor/handover.py``).
 
 Whatever stops startup is a :class:`StartupError`: one line, exit status 1,
 nothing left running.
@@ -16,15 +18,16 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 import trio
 
-from supervisor.admin import open_admin
-from supervisor.arbiter import run_arbiter
+from supervisor import metrics
+from supervisor.admin import AdminListener, open_admin
 from supervisor.compiling import compile_project
 from supervisor.config import ServerConfig
 from supervisor.frontend import FrontEnd, ReloadSource
+from supervisor.handover import AdminOrder, ArbiterOrder, hand_over
 from supervisor.kv import KvUnavailable, open_kv
 from supervisor.notify import Notifier
 from supervisor.project import Project, StartupError, load_project
@@ -127,7 +130,7 @@ async def serve(
 
         await serve_tenants(config, out, reload_source)
         return
-    started = time.perf_counter()
+    started = time.monotonic()  # system-wide: the arbiter program reads it after the handover
     project, config = load_project(config, project_arg, out)
     _check_cache_dir(config.cache_dir)
     frontends = frontend_count(config, project)
@@ -147,20 +150,18 @@ async def serve(
         broken = await compile_project(config, project, project_arg, out)
         scheme = "https" if config.certfile is not None else "http"
         base_url = f"{scheme}://{_url_host(config.host)}:{port}"
+        lines = _serving_lines(project, project_arg, base_url, frontends, config.pool.workers, admin)
+        status = f"serving {len(project.routes.routes)} routes at {base_url}"
+        if frontends > 1:
+            out.flush()
+            _become_arbiter(config, argv, sockets, broken, started, lines, status, admin)
 
         def ready() -> None:
-            print(f"✅ Workers loaded in {time.perf_counter() - started:.3f}s.", file=out)
-            for route in project.routes.routes:
-                print(f"    - {base_url}{route.path}", file=out)
-                # A config file's workers are named relative to its folder.
-                shown = os.path.dirname(project_arg) if os.path.isfile(project_arg) else project_arg
-                print(f"      => {os.path.join(shown, route.worker.relative)}", file=out)
-            if frontends > 1:
-                print(f"🧩 {frontends} front ends, {config.pool.workers} runners in all", file=out)
-            if admin is not None:
-                print(f"📊 {admin.banner}", file=out)
-            print(f"🚀 Start serving requests at {base_url}\n", file=out, flush=True)
-            notifier.ready(f"serving {len(project.routes.routes)} routes at {base_url}")
+            print(f"✅ Workers loaded in {time.monotonic() - started:.3f}s.", file=out)
+            for line in lines:
+                print(line, file=out)
+            out.flush()
+            notifier.ready(status)
 
         notifier = Notifier()
         try:
@@ -168,14 +169,78 @@ async def serve(
                 nursery.start_soon(notifier.watchdog)
                 if admin is not None:
                     await nursery.start(admin.serve)
-                if frontends == 1:
-                    front = FrontEnd(config, project_arg, notifier, reload_source)
-                    await front.serve(project, broken, sockets[0], ready)
-                else:
-                    await run_arbiter(config, argv, sockets, broken, ready, notifier, reload_source)
+                front = FrontEnd(config, project_arg, notifier, reload_source)
+                await front.serve(project, broken, sockets[0], ready)
                 nursery.cancel_scope.cancel()  # the watchdog: we are done
         finally:
             notifier.close()
+
+
+def _serving_lines(
+    project: Project,
+    project_arg: str,
+    base_url: str,
+    frontends: int,
+    runners: int,
+    admin: AdminListener | None,
+) -> list[str]:
+    """What is printed once every front end is ready, after "Workers loaded in"."""
+    lines = []
+    # A config file's workers are named relative to its folder.
+    shown = os.path.dirname(project_arg) if os.path.isfile(project_arg) else project_arg
+    for route in project.routes.routes:
+        lines.append(f"    - {base_url}{route.path}")
+        lines.append(f"      => {os.path.join(shown, route.worker.relative)}")
+    if frontends > 1:
+        lines.append(f"🧩 {frontends} front ends, {runners} runners in all")
+    if admin is not None:
+        lines.append(f"📊 {admin.banner}")
+    lines.append(f"🚀 Start serving requests at {base_url}\n")
+    return lines
+
+
+def _become_arbiter(
+    config: ServerConfig,
+    argv: list[str],
+    sockets: list[socket.socket],
+    broken: set[str],
+    started: float,
+    lines: list[str],
+    status: str,
+    admin: AdminListener | None,
+) -> NoReturn:
+    """Replace this process (same pid) with the lean arbiter program, which
+    starts the front ends on ``sockets`` and prints ``lines`` once they are
+    all ready.
+
+    Raises:
+        StartupError: the exec failed (this process is unchanged).
+    """
+    admin_order = None
+    if admin is not None:
+        folder = metrics.folder()
+        assert folder is not None  # open_admin set it up
+        admin_order = AdminOrder(
+            admin.fileno(), str(folder), len(sockets), config.admin_token, admin.panel_default
+        )
+    order = ArbiterOrder(
+        argv=argv,
+        socket_fds=[sock.fileno() for sock in sockets],
+        broken=sorted(broken),
+        workers=config.pool.workers,
+        max_connections=config.max_connections,
+        graceful_timeout_s=config.graceful_timeout_s,
+        log_level=config.log_level,
+        log_format=config.log_format,
+        started=started,
+        ready_lines=lines,
+        ready_status=status,
+        admin=admin_order,
+    )
+    try:
+        hand_over(order)
+    except OSError as exc:
+        raise StartupError(f"cannot start the arbiter program: {exc.strerror or exc}") from None
 
 
 def run(
