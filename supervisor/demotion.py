@@ -72,8 +72,9 @@ class _Watched:
         self.pid = pid
         self.started = started
         # CPU the runner had used by the first look, less the request's age
-        # then: as if it had burnt a core from its start (an overestimate of
-        # at most 3/4 ``after_s`` for a request that was waiting instead).
+        # then (at most half ``after_s``): as if it had burnt a core from its
+        # start, so a request that was waiting instead still needs half
+        # ``after_s`` of CPU of its own before it is demoted.
         self.baseline: float | None = None
         self.demoted = False
 
@@ -138,7 +139,7 @@ class Demoter:
         if watched.baseline is None:
             # Reading the CPU at dispatch would cost every request a /proc
             # read; the first look comes up to half ``after_s`` later.
-            watched.baseline = used - (trio.current_time() - watched.started)
+            watched.baseline = used - min(trio.current_time() - watched.started, self.after_s / 2)
         if used - watched.baseline >= self.after_s:
             # Refused (a seccomp filter without setpriority): it keeps its
             # priority, and the runner is not replaced for nothing.

@@ -278,8 +278,11 @@ def _spawn() -> RunnerHandle:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         # Out of the terminal's process group: Ctrl-C goes to the supervisor
-        # only, which then stops the runners in order.
-        start_new_session=True,
+        # only, which then stops the runners in order. Still in its session:
+        # where the kernel groups CPU time by session (autogroup), a runner in
+        # a session of its own would not yield to the other runners when its
+        # priority is lowered (supervisor/demotion.py).
+        process_group=0,
     )
     return RunnerHandle(popen)
 

@@ -67,7 +67,9 @@ async def test_a_quiet_request_is_never_demoted() -> None:
     )
     assert quiet.stdin is not None and quiet.stdout is not None
     try:
-        assert await quiet.stdout.receive_some() == b"up\n"  # its own start-up CPU is behind it
+        said = b""
+        while not said.endswith(b"\n"):  # its own start-up CPU is behind it
+            said += await quiet.stdout.receive_some()
         demoter = Demoter(0.02)
         demoter.started("request", quiet.pid)
         with trio.move_on_after(0.3):
