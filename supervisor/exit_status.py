@@ -1,5 +1,5 @@
-"""How a child process's exit reads in the log, for code that must stay
-light (the arbiter); ``supervisor/runners.py`` has the same words for runners."""
+"""How a child process's exit reads in the log (runners, front ends, the
+prepare step): a module of its own so the lean arbiter can import it."""
 
 from __future__ import annotations
 

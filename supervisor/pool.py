@@ -41,6 +41,7 @@ from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invo
 from supervisor import metrics
 from supervisor.config import PoolSettings
 from supervisor.demotion import Demoter
+from supervisor.exit_status import describe_exit
 from supervisor.pool_members import (
     HALT_AFTER_BOOT_FAILURES,
     REAP_WAIT_S,
@@ -51,7 +52,7 @@ from supervisor.pool_members import (
     RunnerFactory,
     backoff_delay,
 )
-from supervisor.runners import RunnerLost, describe_exit, start_runner
+from supervisor.runners import RunnerLost, start_runner
 
 log = logging.getLogger(__name__)
 

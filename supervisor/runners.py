@@ -12,7 +12,6 @@ import fcntl
 import functools
 import logging
 import os
-import signal
 import subprocess
 import sys
 
@@ -22,6 +21,7 @@ import trio
 from ipc.codec import FrameDecoder, ProtocolError, encode
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Message, Ready, Reply
 from supervisor.children import Child, own
+from supervisor.exit_status import describe_exit
 
 log = logging.getLogger(__name__)
 runner_log = logging.getLogger("runner")
@@ -45,17 +45,6 @@ class RunnerLost(Exception):
         # False when the runner was already gone before it received the request,
         # so the request can safely go to another runner.
         self.delivered = delivered
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exited with code {returncode}"
 
 
 def runner_command() -> list[str]:
