@@ -108,8 +108,8 @@ class Demoter:
         if not self._told_why:
             self._told_why = True
             log.warning(
-                "runners demoted by a long request are replaced afterwards: this process may not raise "
-                "a priority back (RLIMIT_NICE is below 20; systemd: LimitNICE=20, else prlimit --nice=20). "
+                "runners demoted by a long request are replaced afterwards: this process may not raise a "
+                "priority back (RLIMIT_NICE is below 20: systemd's LimitNICE=20, or nice 0 in limits.conf). "
                 "Each replacement costs a runner start"
             )
         return True
