@@ -382,3 +382,77 @@ async def test_outbound_http_follows_allowed_hosts(tmp_path: Path, cache_dir: Pa
     finally:
         upstream.shutdown()
         upstream.server_close()
+
+
+def _two_open_module(url: str) -> str:
+    """A WAGI module that opens two responses from ``url`` without closing the
+    first, and prints ``second ok`` or ``error NN`` for the second."""
+    return f"""(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_experimental_http" "req"
+    (func $req (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "{url}")
+  (data (i32.const 512) "GET")
+  (data (i32.const 1024) "Content-Type: text/plain\\0a\\0a")
+  (data (i32.const 1100) "error ")
+  (data (i32.const 1200) "second ok")
+  (func $print (param $at i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $at)) (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func $get (result i32)
+    (call $req (i32.const 64) (i32.const {len(url)}) (i32.const 512) (i32.const 3)
+      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 16) (i32.const 20)))
+  (func (export "_start") (local $err i32)
+    (call $print (i32.const 1024) (i32.const 26))
+    (drop (call $get))
+    (local.set $err (call $get))
+    (if (local.get $err)
+      (then
+        (i32.store8 (i32.const 1106) (i32.add (i32.const 48) (i32.div_u (local.get $err) (i32.const 10))))
+        (i32.store8 (i32.const 1107) (i32.add (i32.const 48) (i32.rem_u (local.get $err) (i32.const 10))))
+        (call $print (i32.const 1100) (i32.const 8))
+        (return)))
+    (call $print (i32.const 1200) (i32.const 9))))
+"""
+
+
+async def test_http_max_concurrency_caps_the_responses_a_request_holds_open(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    class Upstream(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"hi")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        origin = f"http://127.0.0.1:{upstream.server_address[1]}"
+        (tmp_path / "two.wat").write_text(_two_open_module(f"{origin}/data"))
+        entries = [("/one", 1), ("/two", 2), ("/unlimited", None)]
+        (tmp_path / "modules.toml").write_text(
+            "".join(
+                f'[[module]]\nroute = "{route}"\nmodule = "two.wat"\nallowed_hosts = ["{origin}"]\n'
+                + (f"http_max_concurrency = {cap}\n" if cap is not None else "")
+                + "\n"
+                for route, cap in entries
+            )
+        )
+        async with serving(tmp_path / "modules.toml", ["-w", "1"], cache_dir) as server:
+            one = await http(server.port, "GET", "/one")
+            assert (one.status, one.text) == (200, "error 13")  # TOO_MANY_SESSIONS
+            for route in ("/two", "/unlimited"):
+                response = await http(server.port, "GET", route)
+                assert (response.status, response.text) == (200, "second ok")
+            # The cap is per request: the next request starts with nothing open.
+            assert (await http(server.port, "GET", "/one")).text == "error 13"
+            assert (await http(server.port, "GET", "/two")).text == "second ok"
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
