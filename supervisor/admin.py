@@ -1,8 +1,9 @@
 """The admin listener (``--admin HOST:PORT``, or ``--enable-panel``): metrics,
 health, a JSON API and a status page, on a port of its own.
 
-It runs in the top process, the arbiter when there is one, and reports on
-the whole server from the metrics folder every process writes into
+It runs in the top process, or with several front ends in a child process
+of the arbiter's (``supervisor/admin_main.py``), and reports on the whole
+server from the metrics folder every process writes into
 (``supervisor/metrics.py``) and the state each front end publishes there
 (``supervisor/runner_state.py``). Nothing on it is served to the workers'
 clients, and with ``--admin-token`` every answer but the page shell (static

@@ -4,45 +4,37 @@ it through ``os.execv`` once the project is compiled and the port bound (see
 ``supervisor/handover.py``); nobody else starts it.
 
 Keep this program's imports light: it is the process that lives as long as
-the server. The admin listener (hypercorn, ``prometheus_client``) is
-imported only when it is on: it belongs in this process, whose numbers it
-reports, and a process of its own would hold a second interpreter and trio.
+the server. It imports the standard library and a few stdlib-only modules
+of ours, never trio (``supervisor/arbiter.py`` says why); the admin
+listener (hypercorn, ``prometheus_client``) runs in a child process of its
+own (``supervisor/arbiter_admin.py``).
 """
 
 from __future__ import annotations
 
-import functools
 import shutil
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import TextIO
 
-import trio
-
 from supervisor.arbiter import Arbiter, ArbiterHalted, ArbiterSettings
-from supervisor.handover import AdminOrder, ArbiterOrder, read_order
+from supervisor.arbiter_loop import EventLoop
+from supervisor.handover import ArbiterOrder, read_order
 from supervisor.logs import error_line, setup_logging, startup_output
-from supervisor.notify import Notifier
+from supervisor.sd_notify import SdNotifier
 
 
-async def _serve_admin(admin: AdminOrder, task_status: trio.TaskStatus[None]) -> None:
-    from supervisor.admin import AdminApp, AdminListener
-
-    app = AdminApp(Path(admin.folder), admin.frontends, admin.token)
-    listener = AdminListener(socket.socket(fileno=admin.socket_fd), app, admin.panel_default)
-    await listener.serve(task_status=task_status)
-
-
-async def _serve(order: ArbiterOrder, out: TextIO) -> None:
+def _serve(order: ArbiterOrder, out: TextIO) -> None:
     sockets = [socket.socket(fileno=fd) for fd in order.socket_fds]
-    notifier = Notifier()
+    notifier = SdNotifier()
     settings = ArbiterSettings(
         argv=order.argv,
         workers=order.workers,
         max_connections=order.max_connections,
         graceful_timeout_s=order.graceful_timeout_s,
+        log_level=order.log_level,
+        log_format=order.log_format,
     )
 
     def ready() -> None:
@@ -52,17 +44,16 @@ async def _serve(order: ArbiterOrder, out: TextIO) -> None:
         out.flush()
         notifier.ready(order.ready_status)
 
+    loop = EventLoop()
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(notifier.watchdog)
-            if order.admin is not None:
-                await nursery.start(_serve_admin, order.admin)
-            await Arbiter(settings, sockets, order.broken, notifier).run(ready)
-            nursery.cancel_scope.cancel()  # the watchdog and the admin listener: we are done
+        Arbiter(loop, settings, sockets, order.broken, notifier, order.admin).run(ready)
     finally:
+        loop.close()
         notifier.close()
         for sock in sockets:
             sock.close()
+        if order.admin is not None:  # the admin process is gone: its socket too
+            socket.socket(fileno=order.admin.socket_fd).close()
 
 
 def main() -> int:
@@ -80,7 +71,7 @@ def main() -> int:
         return 1
     setup_logging(order.log_level, order.log_format)
     try:
-        trio.run(functools.partial(_serve, order, startup_output(order.log_format)))
+        _serve(order, startup_output(order.log_format))
     except ArbiterHalted as exc:
         print(error_line(str(exc), sys.stderr), file=sys.stderr)
         return 1
