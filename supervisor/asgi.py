@@ -43,6 +43,10 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _ClientGone(Exception):
+    """The client closed before its whole body arrived: nothing is run, nobody to answer."""
+
+
 class WorkerApp:
     def __init__(
         self,
@@ -80,7 +84,7 @@ class WorkerApp:
             )
             # Read what the client sent first (bounded): closing over unread
             # bytes resets the connection, and the client could lose the 400.
-            with contextlib.suppress(_BodyTooLarge):
+            with contextlib.suppress(_BodyTooLarge, _ClientGone):
                 await _read_body(
                     scope, receive, self._config.max_body_bytes, min(1.0, self._config.body_timeout_s)
                 )
@@ -153,6 +157,9 @@ class WorkerApp:
             return
         try:
             body = await _read_body(scope, receive, self._config.max_body_bytes, self._config.body_timeout_s)
+        except _ClientGone:
+            log.info("%s %s: the client left before its body arrived; not run", scope["method"], path)
+            return
         except _BodyTooLarge:
             log.warning(
                 "%s %s: request body over %d bytes refused",
@@ -289,6 +296,7 @@ async def _read_body(scope: Scope, receive: Receive, limit: int, timeout_s: floa
 
     Raises:
         _BodyTooLarge: over ``limit`` bytes (announced or received).
+        _ClientGone: the client closed before the body was complete.
     """
     has_body = False
     for name, value in scope["headers"]:
@@ -311,7 +319,8 @@ async def _receive_body(receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            # A truncated body must not reach the worker as if it were whole.
+            raise _ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

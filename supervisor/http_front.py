@@ -29,6 +29,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
 
+from supervisor.access_log import releasing_unanswered
+
 log = logging.getLogger(__name__)
 
 _REFUSAL = (
@@ -83,7 +85,7 @@ class HttpFront:
     def __init__(
         self, app: Any, config: hypercorn.config.Config, sock: socket.socket, max_connections: int
     ) -> None:
-        self._app = wrap_app(app, config.wsgi_max_body_size, "asgi")
+        self._app = wrap_app(releasing_unanswered(app, config.log), config.wsgi_max_body_size, "asgi")
         # TLS when the config names a certificate; ALPN then offers h2 first.
         self._ssl_context = config.create_ssl_context()
         self._config = config
