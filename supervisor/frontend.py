@@ -31,6 +31,7 @@ import trio
 
 from runner.lifeline import die_with_parent
 from supervisor import metrics
+from supervisor.access_log import AccessLog
 from supervisor.asgi import WorkerApp
 from supervisor.compiling import compile_project
 from supervisor.config import ServerConfig
@@ -59,6 +60,7 @@ def _hypercorn_config(config: ServerConfig) -> hypercorn.config.Config:
     # with --log-level warning (or --no-access-log) it is not built at all.
     hc.accesslog = access if config.access_log and access.isEnabledFor(logging.INFO) else None
     hc.access_log_format = '%(h)s "%(R)s" %(s)s %(b)s %(L)ss'
+    hc.logger_class = AccessLog  # without hypercorn's false "no answer" lines
     hc.errorlog = logging.getLogger("hypercorn.error")
     if config.certfile is not None:
         hc.certfile = str(config.certfile)
