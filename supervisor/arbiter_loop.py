@@ -57,6 +57,7 @@ class EventLoop:
         # single operations, so neither side sees half an update.
         self._received: collections.deque[int] = collections.deque()
         self._signal_handler: Callable[[int], None] | None = None
+        self._previous_wake_fd = -1
         self._previous: dict[int, _Handler] = {}
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector.register(self._wake_read, selectors.EVENT_READ, self._drain_wake_up)
@@ -86,7 +87,7 @@ class EventLoop:
         """Record ``signals`` from now on and hand each to ``handler`` from
         the loop (call before :meth:`run`; :meth:`close` restores the old ones)."""
         self._signal_handler = handler
-        signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
+        self._previous_wake_fd = signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         for signum in signals:
             self._previous[signum] = signal.signal(signum, self._record)
 
@@ -150,13 +151,18 @@ class EventLoop:
                 self._signal_handler(signum)
 
     def close(self) -> None:
+        """Give the signals back (their old handlers, the old wake-up fd) and
+        close the selector; a second call does nothing."""
+        if self._wake_read < 0:
+            return
         for signum, previous in self._previous.items():
             with contextlib.suppress(OSError, ValueError, TypeError):
                 signal.signal(signum, previous)
         self._previous.clear()
         if self._signal_handler is not None:
-            signal.set_wakeup_fd(-1)
+            signal.set_wakeup_fd(self._previous_wake_fd)
             self._signal_handler = None
         self._selector.close()
         os.close(self._wake_read)
         os.close(self._wake_write)
+        self._wake_read = self._wake_write = -1

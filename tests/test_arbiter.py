@@ -1,7 +1,9 @@
 """The lean arbiter (``--frontends 2``): the started process replaces itself
 with ``python -m supervisor.arbiter_main`` (same pid) that imports no serving
-stack; reloads go through a throwaway prepare process; the admin listener
-lives in the arbiter; the handover's and the prepare process's messages."""
+stack, not even trio; reloads go through a throwaway prepare process; the
+admin listener runs in a child process of the arbiter's; a second SIGTERM
+hurries the front ends, and front ends that cannot boot halt it; the
+handover's and the prepare process's messages."""
 
 from __future__ import annotations
 
@@ -16,8 +18,12 @@ import psutil
 import pytest
 import trio
 
+from supervisor.arbiter import Arbiter, ArbiterHalted, ArbiterSettings
+from supervisor.arbiter_loop import EventLoop
 from supervisor.handover import AdminOrder, ArbiterOrder, read_order
 from supervisor.prepare_child import Prepared, PrepareFailed, error_answer, parse_answer
+from supervisor.sd_notify import SdNotifier
+from supervisor.server import bind_sockets
 from tests.helpers import REPO, ServerProcess, http, serving
 
 HERE = Path(__file__).resolve().parent
@@ -48,14 +54,28 @@ def _front_end_pids(pid: int) -> set[int]:
     return {child.pid for child in psutil.Process(pid).children() if "supervisor.frontend" in child.cmdline()}
 
 
-def test_the_arbiter_program_imports_no_serving_stack() -> None:
-    code = "import json, sys, supervisor.arbiter_main; print(json.dumps(sorted(sys.modules)))"
+def _modules_after(statement: str) -> set[str]:
+    code = f"import json, sys; {statement}; print(json.dumps(sorted(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60, check=True
     )
-    modules = set(json.loads(result.stdout))
+    return set(json.loads(result.stdout))
+
+
+def test_the_arbiter_program_imports_no_serving_stack_and_no_trio() -> None:
+    modules = _modules_after("import supervisor.arbiter_main")
     heavy = {name for name in modules if name.split(".")[0] in _HEAVY_PACKAGES or name in _HEAVY_MODULES}
     assert heavy == set()
+    # The standard library and stdlib-only modules of ours, nothing else:
+    # no trio (14 MiB of private memory on its own), attrs, ssl or sniffio.
+    assert not {"trio", "attr", "attrs", "outcome", "sniffio", "ssl", "_ssl"} & modules
+    at_start = _modules_after("pass")  # what site's .pth files import anyway
+    outside = {
+        name
+        for name in modules - at_start
+        if name.split(".")[0] not in sys.stdlib_module_names and name.split(".")[0] != "supervisor"
+    }
+    assert outside == set()
 
 
 async def test_the_started_process_becomes_the_lean_arbiter(cache_dir: Path) -> None:
@@ -119,16 +139,70 @@ async def test_reloads_go_through_the_prepare_process(tmp_path: Path, cache_dir:
         assert any(record["logger"] == "supervisor.arbiter" for record in records)
 
 
-async def test_the_admin_listener_runs_in_the_arbiter(cache_dir: Path) -> None:
+async def test_the_admin_listener_runs_in_a_child_of_the_arbiter(cache_dir: Path) -> None:
     args = ["-w", "4", "--frontends", "2", "--admin", "127.0.0.1:0"]
     async with serving(PROJECT, args, cache_dir) as server:
+        pid = server.proc.pid
         admin = int(await _wait_log(server, r"Admin listener at http://127\.0\.0\.1:(\d+)/"))
-        listening = {c.laddr.port for c in psutil.Process(server.proc.pid).net_connections("tcp")}
-        assert admin in listening
+        (child,) = [c for c in psutil.Process(pid).children() if "supervisor.admin_main" in c.cmdline()]
+        # The socket is the arbiter's (bound before the exec), lent to the child.
+        for process in (psutil.Process(pid), child):
+            assert admin in {c.laddr.port for c in process.net_connections("tcp")}
+        assert "hypercorn" not in _proc(pid, "maps") and "trio" not in _proc(pid, "maps")
         assert (await http(admin, "GET", "/healthz")).status == 200
         assert (await http(admin, "GET", "/readyz")).status == 200
+        # Killed, it is restarted on the same socket: meanwhile a connection
+        # waits in the backlog.
+        mark = len(server.lines)
+        child.kill()
+        assert (await http(admin, "GET", "/healthz")).status == 200
+        await _wait_log(server, rf"the admin listener \(pid {child.pid}\) killed by SIGKILL; starting", mark)
+        (again,) = [c for c in psutil.Process(pid).children() if "supervisor.admin_main" in c.cmdline()]
+        assert again.pid != child.pid
         server.signal(signal.SIGTERM)
         assert await trio.to_thread.run_sync(server.wait_exit) == 0
+        _, alive = await trio.to_thread.run_sync(lambda: psutil.wait_procs([again], timeout=10))
+        assert not alive
+
+
+async def test_a_second_sigterm_hurries_the_front_ends(cache_dir: Path) -> None:
+    async with serving(PROJECT, ["-w", "2", "--frontends", "2", "--log-level", "debug"], cache_dir) as server:
+        statuses: list[int] = []
+
+        async def slow() -> None:
+            statuses.append((await http(server.port, "GET", "/slow")).status)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow)
+            await _wait_log(server, r"frontend-\d .*dispatched")
+            server.signal(signal.SIGTERM)
+            await _wait_log(server, r"SIGTERM received: stopping the front ends")
+            server.signal(signal.SIGTERM)
+            await _wait_log(server, r"second SIGTERM: front ends are told to hurry")
+        assert statuses in ([200], [503])  # answered either way, never dropped
+        assert await trio.to_thread.run_sync(server.wait_exit) == 0
+
+
+def test_front_ends_that_cannot_boot_halt_the_arbiter(tmp_path: Path) -> None:
+    # The arbiter in this process, its front ends real: they read a command
+    # line naming a project that is not there, report it and exit.
+    sockets = bind_sockets("127.0.0.1", 0, 2)
+    loop = EventLoop()
+    settings = ArbiterSettings(
+        argv=[str(tmp_path / "missing"), "--cache-dir", str(tmp_path / "cache")],
+        workers=2,
+        max_connections=100,
+        graceful_timeout_s=1.0,
+    )
+    arbiter = Arbiter(loop, settings, sockets, [], SdNotifier({}))
+    try:
+        with pytest.raises(ArbiterHalted, match=r"missing") as halted:
+            arbiter.run(lambda: pytest.fail("no front end can be ready"))
+        assert "\n" not in str(halted.value)
+    finally:
+        loop.close()
+        for sock in sockets:
+            sock.close()
 
 
 def test_the_order_crosses_the_exec_as_json() -> None:
