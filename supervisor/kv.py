@@ -27,7 +27,6 @@ Backends, chosen with ``--kv URL``:
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -156,6 +155,8 @@ class SqliteKv:
         self.limits = limits or KvLimits()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        import sqlite3  # here: a front end without the SQLite store saves its 1.7 MB
+
         # One connection, used from worker threads one at a time (the lock and
         # a capacity-1 limiter): SQLite serialises writers anyway.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -344,6 +345,8 @@ def open_kv(url: str, limits: KvLimits | None = None) -> KvStore:
         path = parsed.netloc + parsed.path
         if not path:
             raise KvUnavailable("sqlite URL needs a file: sqlite:///path/to/kv.db")
+        import sqlite3
+
         try:
             return SqliteKv(Path(path), limits)
         except (sqlite3.Error, OSError) as exc:

@@ -10,13 +10,15 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import watchfiles
-
 log = logging.getLogger(__name__)
 
 
 async def reload_on_change(path: Path, reload: Callable[[], Awaitable[None]]) -> None:
     """Watch ``path`` (a project folder, or a config file's folder) forever."""
+    # Imported here: watchfiles (and anyio under it) costs every front end
+    # about 5 MB, and only --watch needs it.
+    import watchfiles
+
     # A WAGI/serverless config file: its folder holds the modules too.
     folder = path.parent if path.suffix == ".toml" else path
     log.info("watching %s: a change reloads the project", folder)
