@@ -82,12 +82,6 @@ def table(results: dict[str, Any], command: str) -> str:
         for key, values in layout.items():
             if isinstance(values, list):
                 lines.append(f"| {key} | {count} | {_ratio_cell(values)} |")
-        for path, base_prefix in (("/hello", "wasm:"), ("/echo", "echo:")):
-            noisy = _by(rows, f"noisy neighbour, ours: {path}", int(count))
-            base = _by(rows, base_prefix, int(count))
-            if noisy and base and base["rps"]:
-                label = f"ours under noisy neighbour / unloaded, {path} (target >= 0.6, 0 errors)"
-                lines.append(f"| {label} | {count} | {noisy['rps'] / base['rps']:.2f} |")
         for phase, rss in layout["memory_mb"].items():
             lines.append(f"| RSS MiB, {phase} | {count} | {_rss_cell(rss)} |")
     for peer, prefix, noisy_prefix in (

@@ -142,12 +142,19 @@ _TARGETS = [
     ("node", "node", "/hello", "peer: Node.js node:wasi, same kit worker"),
     ("wasmtime", "wasmtime", "/echo", "peer: wasmtime serve, echo-fetch.js component"),
 ]
+# Our noisy-neighbour scenarios: name -> (row label, the route measured, the loop route kept busy).
+_NOISY = {
+    "noisy_hello": ("noisy neighbour, ours: /hello while /loop burns a runner", "wasm", "/loop"),
+    "noisy_echo": ("noisy neighbour, ours: /echo while /js/loop burns a runner", "echo", "/js/loop"),
+}
 # Ratios reported per round, then as median and range: (name, numerator, denominator).
 _RATIOS = [
     ("wasm / limit (target >= 0.8)", "wasm", "limit"),
     ("js / limit (target >= 0.8)", "js", "limit"),
     ("ours / node-peer, compiled hello (target >= 1.0)", "wasm", "node"),
     ("ours / wasmtime-serve, echo-fetch.js (target >= 1.0)", "echo", "wasmtime"),
+    ("ours under noisy neighbour / unloaded, /hello (target >= 0.6, 0 errors)", "noisy_hello", "wasm"),
+    ("ours under noisy neighbour / unloaded, /echo (target >= 0.6, 0 errors)", "noisy_echo", "echo"),
 ]
 
 
@@ -166,13 +173,19 @@ def _layout(
         urls = {name: bases[where] + path for name, where, path, _ in _TARGETS if where in bases}
         for url in urls.values():
             wrk(url, 1)  # warm up
-        samples: dict[str, list[Load]] = {name: [] for name in urls}
+        samples: dict[str, list[Load]] = {name: [] for name in [*urls, *_NOISY]}
         for _ in range(rounds):
             for name, url in urls.items():
                 samples[name].append(wrk(url, seconds))
+            # In every round, right after the same route unloaded.
+            for name, (_label, target, loop) in _NOISY.items():
+                with _NoisyClient(bases["ours"] + loop):
+                    samples[name].append(wrk(urls[target], seconds))
         for name, _where, _path, label in _TARGETS:
             if name in samples:
                 rows.append(_row(label, _median(samples[name]), frontends))
+        for name, (label, _target, _loop) in _NOISY.items():
+            rows.append(_row(label, _median(samples[name]), frontends))
         for label, top, bottom in _RATIOS:
             if top in samples and bottom in samples:
                 extra[label] = [
@@ -180,12 +193,6 @@ def _layout(
                     for a, b in zip(samples[top], samples[bottom], strict=True)
                 ]
         extra["memory_mb"] = {"idle": idle, "after load": ours.rss_mb()}
-        with _NoisyClient(bases["ours"] + "/loop"):
-            noisy = wrk(urls["wasm"], seconds)
-        rows.append(_row("noisy neighbour, ours: /hello while /loop burns a runner", noisy, frontends))
-        with _NoisyClient(bases["ours"] + "/js/loop"):
-            noisy = wrk(urls["echo"], seconds)
-        rows.append(_row("noisy neighbour, ours: /echo while /js/loop burns a runner", noisy, frontends))
     return rows, extra
 
 
