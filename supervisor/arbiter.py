@@ -35,11 +35,11 @@ left when the loop ends, so no child outlives the arbiter.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import socket
 from collections.abc import Callable
+from typing import NamedTuple
 
 from supervisor.arbiter_admin import AdminChild
 from supervisor.arbiter_children import ChildTable
@@ -56,8 +56,7 @@ class ArbiterHalted(Exception):
     """No front end could start; the message is their error, one line."""
 
 
-@dataclasses.dataclass(frozen=True)
-class ArbiterSettings:
+class ArbiterSettings(NamedTuple):
     """What the arbiter needs of the server's configuration."""
 
     argv: list[str]  # the command line as given: front ends and reloads parse it again

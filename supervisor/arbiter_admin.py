@@ -15,7 +15,6 @@ end (``/readyz`` answers "draining" while they drain).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -35,9 +34,7 @@ ADMIN_GRACE_S = 2.0
 
 def admin_request(order: AdminOrder, log_level: str, log_format: str) -> bytes:
     """What the admin process reads on its stdin."""
-    return json.dumps(
-        {"admin": dataclasses.asdict(order), "log_level": log_level, "log_format": log_format}
-    ).encode()
+    return json.dumps({"admin": order._asdict(), "log_level": log_level, "log_format": log_format}).encode()
 
 
 class AdminChild:

@@ -18,13 +18,13 @@ connections wait in the backlog until the replacement takes them.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import NamedTuple
 
 from supervisor.arbiter_children import ChildTable, OwnedChild
 from supervisor.arbiter_loop import EventLoop, Timer
@@ -40,8 +40,7 @@ STOP_MARGIN_S = 5.0
 _MAX_LINE = 64 << 10
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """What every front end is started with (a reload changes it)."""
 
     argv: list[str]  # the command line as given: front ends parse it again
@@ -79,14 +78,14 @@ class FrontEndProcess:
         self._buffer = self._buffer[-_MAX_LINE:]
 
 
-@dataclasses.dataclass(eq=False)
 class _Slot:
-    index: int
-    current: FrontEndProcess | None = None
-    successor: FrontEndProcess | None = None  # a reload's replacement, adopted when current exits
-    failures: int = 0  # unplanned exits in a row
-    boot_failures: int = 0  # exits before ready, in a row
-    restart: Timer | None = None
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.current: FrontEndProcess | None = None
+        self.successor: FrontEndProcess | None = None  # a reload's replacement, adopted when current exits
+        self.failures = 0  # unplanned exits in a row
+        self.boot_failures = 0  # exits before ready, in a row
+        self.restart: Timer | None = None
 
 
 class FrontEnds:
@@ -154,7 +153,7 @@ class FrontEnds:
             front.child = self._table.spawn(
                 f"front end {index}",
                 command,
-                order=lambda fd: dataclasses.replace(order, status_fd=fd).to_json(),
+                order=lambda fd: order.with_status_fd(fd).to_json(),
                 pass_fds=(order.socket_fd,),
                 on_output=front.feed,
                 on_exit=lambda _child: self._exited(front),

@@ -12,7 +12,8 @@ own (``supervisor/arbiter_admin.py``).
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import os
 import socket
 import sys
 import time
@@ -56,6 +57,18 @@ def _serve(order: ArbiterOrder, out: TextIO) -> None:
             socket.socket(fileno=order.admin.socket_fd).close()
 
 
+def _remove_folder(path: str) -> None:
+    # shutil.rmtree, without importing shutil (and the compression modules
+    # it brings) into the process that lives as long as the server.
+    with contextlib.suppress(OSError):
+        for folder, _, files in os.walk(path, topdown=False):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(folder, name))
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
 def main() -> int:
     args = sys.argv[1:]
     if len(args) != 2 or args[0] != "--order-fd" or not args[1].isdigit():
@@ -79,7 +92,7 @@ def main() -> int:
         return 130
     finally:
         if order.admin is not None:  # the metrics folder the startup process made
-            shutil.rmtree(order.admin.folder, ignore_errors=True)
+            _remove_folder(order.admin.folder)
     return 0
 
 

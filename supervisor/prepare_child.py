@@ -15,10 +15,10 @@ table (``supervisor/arbiter_reload.py``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
+from typing import NamedTuple
 
 from supervisor.exit_status import describe_exit
 
@@ -30,13 +30,12 @@ class PrepareFailed(Exception):
     """The reload cannot go ahead; the message is one line for the log."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Prepared:
+class Prepared(NamedTuple):
     broken: list[str]  # workers that failed to load
     workers: int  # the runner count the configuration now asks for
 
     def to_json(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self)).encode()
+        return json.dumps(self._asdict()).encode()
 
 
 def parse_answer(data: bytes) -> Prepared:

@@ -221,7 +221,7 @@ def test_the_order_crosses_the_exec_as_json() -> None:
         admin=AdminOrder(7, "/tmp/m", 2, None, True),
     )
     assert ArbiterOrder.from_json(order.to_json()) == order
-    without_admin = ArbiterOrder(**{**order.__dict__, "admin": None})
+    without_admin = order._replace(admin=None)
     assert ArbiterOrder.from_json(without_admin.to_json()) == without_admin
 
 
