@@ -64,6 +64,9 @@ class Language:
     prepare: Callable[[bytes], bytes]
     # Extra imports the runtime needs besides WASI (Ruby's JS interop).
     define: Callable[[wasmtime.Linker, wasmtime.Module], None]
+    # The language's own snapshot recipe version, part of its heaps' cache
+    # keys: bump it when its bake changes what a cached heap holds.
+    recipe: str = ""
 
 
 def runtime_digest(path: Path) -> str:
@@ -217,7 +220,7 @@ def recipe_key(language: Language, spec: WorkerSpec, source: bytes, cache: Modul
     digest = hashlib.sha256()
     mounts = [[m.host_path, m.guest_path, m.writable] for m in spec.mounts]
     parts = (
-        SCRIPT_BAKE_VERSION.encode(),
+        (SCRIPT_BAKE_VERSION + language.recipe).encode(),
         language.name.encode(),
         runtime_digest(Path(spec.runtime)).encode(),
         spec.flavour.encode(),

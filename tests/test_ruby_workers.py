@@ -128,8 +128,16 @@ async def test_kv_counter_and_failed_requests_write_nothing(rb_server: ServerPro
 
 async def test_every_request_starts_from_the_snapshot(rb_server: ServerProcess) -> None:
     texts = [(await http(rb_server.port, "GET", f"/isolation?{i}")).text for i in range(4)]
-    assert all(text.startswith("seen=1 ") for text in texts)
+    assert all(text.startswith("seen=1 leaked=[nil, nil, false] ") for text in texts)
     assert len({text.split("random=")[1] for text in texts}) == 4
+
+
+async def test_a_request_does_not_copy_the_heap(rb_server: ServerProcess) -> None:
+    # cheap.toml's fuel limit (5 M) is far below what copying the snapshot's
+    # heap at instantiation cost (28 M): the heap must be mapped.
+    for _ in range(3):
+        response = await http(rb_server.port, "GET", "/cheap")
+        assert (response.status, response.text) == (200, "Hello from Ruby")
 
 
 async def test_error_is_script_error_with_backtrace_only_in_the_log(rb_server: ServerProcess) -> None:

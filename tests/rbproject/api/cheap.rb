@@ -1,0 +1,3 @@
+def worker(req)
+  Response.new("Hello from Ruby")
+end
