@@ -204,6 +204,53 @@ class WireError(ValueError):
 Converter = Callable[[Any], Any]
 
 
+_SCALARS = (int, str, bytes, bool)
+# Converters that only check their value and return it unchanged: the decoder
+# built it for this message alone, so checking in place spares a copy of every
+# header list and KV map on the hot path.
+_CHECKS_ONLY: set[Converter] = set()
+
+
+def _list_checker(item_type: Any, convert_item: Converter) -> Converter:
+    if item_type in _SCALARS:
+
+        def check_scalar_list(value: Any) -> Any:
+            if not isinstance(value, list):
+                raise WireError(f"expected an array, got {type(value).__name__}")
+            for item in value:
+                if type(item) is not item_type:
+                    raise WireError(f"expected {item_type.__name__}, got {type(item).__name__}")
+            return value
+
+        _CHECKS_ONLY.add(check_scalar_list)
+        return check_scalar_list
+
+    def check_list(value: Any) -> Any:
+        if not isinstance(value, list):
+            raise WireError(f"expected an array, got {type(value).__name__}")
+        for item in value:
+            convert_item(item)
+        return value
+
+    _CHECKS_ONLY.add(check_list)
+    return check_list
+
+
+def _dict_checker(key_type: Any, value_type: Any) -> Converter:
+    def check_dict(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise WireError(f"expected a map, got {type(value).__name__}")
+        for key, item in value.items():
+            if type(key) is not key_type:
+                raise WireError(f"expected {key_type.__name__}, got {type(key).__name__}")
+            if type(item) is not value_type:
+                raise WireError(f"expected {value_type.__name__}, got {type(item).__name__}")
+        return value
+
+    _CHECKS_ONLY.add(check_dict)
+    return check_dict
+
+
 def _converter(tp: Any) -> Converter:
     """Build a function that checks a decoded msgpack value against ``tp`` and
     rebuilds nested dataclasses. Built once per field at import time."""
@@ -221,6 +268,8 @@ def _converter(tp: Any) -> Converter:
     if origin is list:
         (item_type,) = typing.get_args(tp)
         convert_item = _converter(item_type)
+        if item_type in _SCALARS or convert_item in _CHECKS_ONLY:
+            return _list_checker(item_type, convert_item)
 
         def convert_list(value: Any) -> Any:
             if not isinstance(value, list):
@@ -230,6 +279,8 @@ def _converter(tp: Any) -> Converter:
         return convert_list
     if origin is dict:
         key_type, value_type = typing.get_args(tp)
+        if key_type in _SCALARS and value_type in _SCALARS:
+            return _dict_checker(key_type, value_type)
         convert_key, convert_value = _converter(key_type), _converter(value_type)
 
         def convert_dict(value: Any) -> Any:
@@ -240,7 +291,7 @@ def _converter(tp: Any) -> Converter:
         return convert_dict
     if dataclasses.is_dataclass(tp):
         return lambda value: _build(typing.cast(type[Any], tp), value)
-    if tp in (int, str, bytes, bool):
+    if tp in _SCALARS:
         # bool is an int subclass; keep them apart so a flag can't pose as a count.
         def convert_scalar(value: Any) -> Any:
             if type(value) is not tp:

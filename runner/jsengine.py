@@ -30,7 +30,7 @@ from ipc.messages import WorkerSpec
 from runner import cache_hygiene, quickjs
 from runner.quickjs import JsProgram, ScriptLoadError, Snapshot
 from runner.wasmbake import MEMORY_IMPORT, BakeError, MutableGlobal, split_memory
-from runner.wasmffi import raw_export, signature
+from runner.wasmffi import RawInstance, instantiate, link, raw_export, signature
 
 if TYPE_CHECKING:
     from runner.modules import ModuleCache
@@ -93,9 +93,10 @@ class SharedEngine:
 
     def instantiate(
         self, store: wasmtime.Store, heap: wasmtime.InstancePre
-    ) -> tuple[wasmtime.Instance, wasmtime.Instance]:
-        """A fresh heap instance, then the engine linked to its memory."""
-        heap_instance = heap.instantiate(store)
+    ) -> tuple[RawInstance, RawInstance]:
+        """A fresh heap instance, then the engine linked to its memory (both
+        raw, as :mod:`runner.wasmffi` takes them: no wrapper objects per request)."""
+        heap_instance = instantiate(heap, store)
         memory = raw_export(store, heap_instance, "memory")
         error = ffi.wasmtime_linker_define(
             self._linker.ptr(),
@@ -108,7 +109,7 @@ class SharedEngine:
         )
         if error:
             raise wasmtime.WasmtimeError._from_ptr(error)
-        return heap_instance, self._linker.instantiate(store, self._module)
+        return heap_instance, link(self._linker, store, self._module)
 
 
 # One shared engine per cache (a runner has one cache, so one engine).

@@ -18,6 +18,7 @@ from runner.failures import GuestFailure
 from runner.kit import BadOutput, KitResponse, load_json, printable, request_json, response_from
 from runner.outbound import HttpErrorKind, OutboundError, send
 from runner.quickjs import JsProgram, ScriptLoadError, ScriptTimeout
+from runner.wasmffi import EnvArrays
 
 # Outbound requests one script request may make.
 MAX_FETCHES_PER_REQUEST = 64
@@ -29,10 +30,11 @@ class JsExecutor:
     def __init__(self, spec: WorkerSpec, program: JsProgram) -> None:
         self._spec = spec
         self._program = program
+        self._env = EnvArrays(list(spec.variables.items()))
 
     def execute(self, store: wasmtime.Store, invoke: Invoke, files: GuestFiles) -> Execution:
         wasi = wasmtime.WasiConfig()
-        wasi.env = list(self._spec.variables.items())
+        self._env.apply(wasi)
         store.set_wasi(wasi)
         deadline = time.monotonic() + invoke.timeout_ms / 1000
         attempted = [0]  # fetch() calls made (they may have reached the network)

@@ -12,7 +12,7 @@ from runner.executor import Execution, GuestFiles, Response, outbound_deadline
 from runner.failures import GuestFailure
 from runner.http_import import RequestContext
 from runner.kit import BadOutput, parse_response, request_json
-from runner.wasmffi import RawFunc, export_get, raw_export, set_stdin_bytes
+from runner.wasmffi import EnvArrays, call_no_args, instantiate, memory_size, raw_export, set_stdin_bytes
 
 
 class KitExecutor:
@@ -25,10 +25,11 @@ class KitExecutor:
         self._pre = instance_pre
         self._entry = entry  # "_start" (command), "_initialize" (reactor) or None
         self._http = http
+        self._env = EnvArrays(list(spec.variables.items()))
 
     def execute(self, store: wasmtime.Store, invoke: Invoke, files: GuestFiles) -> Execution:
         wasi = wasmtime.WasiConfig()
-        wasi.env = list(self._spec.variables.items())
+        self._env.apply(wasi)
         wasi.stdout_file = files.stdout_path
         wasi.stderr_file = files.stderr_path
         for mount in self._spec.mounts:
@@ -37,31 +38,25 @@ class KitExecutor:
         set_stdin_bytes(wasi, request_json(invoke))
         store.set_wasi(wasi)
         self._http.start(self._spec.http, outbound_deadline(invoke))
-        instance: wasmtime.Instance | None = None
+        instance = None
         error: BaseException | None = None
         try:
-            instance = self._pre.instantiate(store)
+            # Raw calls: the wrapper objects cost more than instantiating.
+            instance = instantiate(self._pre, store)
             if self._entry is not None:
-                # _start/_initialize take and return nothing (checked at load);
-                # the raw call skips Func.__call__'s per-call type rebuild.
-                RawFunc(store, raw_export(store, instance, self._entry), (), None)()
+                # _start/_initialize take and return nothing (checked at load).
+                call_no_args(store, raw_export(store, instance, self._entry))
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
             error = exc
         stdout, stderr = files.read()
-        size = _memory_size(store, instance)
         outbound = self._http.outbound_requests
         if error is not None and failures.classify(error) is not None:  # not proc_exit(0)
+            size = None if instance is None else memory_size(store, instance)
             return Execution(None, error, size, stderr, outbound)
         try:
             parsed = parse_response(stdout, files.max_output)
         except BadOutput as exc:
+            size = None if instance is None else memory_size(store, instance)
             return Execution(None, GuestFailure(FailureKind.BAD_OUTPUT, str(exc)), size, stderr, outbound)
         response = Response(parsed.status, parsed.headers, parsed.body)
         return Execution(response, logs=stderr, outbound_requests=outbound, kv=parsed.kv)
-
-
-def _memory_size(store: wasmtime.Store, instance: wasmtime.Instance | None) -> int | None:
-    if instance is None:
-        return None
-    memory = export_get(store, instance, "memory")
-    return memory.data_len(store) if isinstance(memory, wasmtime.Memory) else None

@@ -35,12 +35,13 @@ import time
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 from runner.wasmbake import MutableGlobal, heap_module
-from runner.wasmffi import RawFunc, export_get, memory_base, raw_export
+from runner.wasmffi import RawFunc, RawInstance, export_get, host_exception, raw_export
 
 ENGINE_DISTRIBUTION = "qjs-wasi-reactor.wasm"
 ENGINE_VERSION = "0.15.1.1"
@@ -56,9 +57,15 @@ _TAG_STRING = -7
 _TAG_INT = 0
 _EVAL_GLOBAL, _EVAL_MODULE = 0, 1
 _MODULE_SYNTAX = re.compile(r"\bexport\s+default\b|\bexport\s*\{[^}]*\bas\s+default\b")
-# The calls a request makes. Nothing is freed: the instance is thrown away
-# after the request, which is cheaper than a call per value.
-_REQUEST_CALLS = ("JS_NewStringLen", "JS_Call", "JS_ExecutePendingJob", "JS_ToCStringLen2")
+# The calls a request makes, with the signatures its raw calls assume (checked
+# when a worker is loaded). Nothing is freed: the instance is thrown away after
+# the request, which is cheaper than a call per value.
+_REQUEST_SIGNATURES: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "JS_NewStringLen": (("i32", "i32", "i32"), "i64"),
+    "JS_Call": (("i32", "i64", "i64", "i32", "i32"), "i64"),
+    "JS_ExecutePendingJob": (("i32", "i32"), "i32"),
+    "JS_ToCStringLen2": (("i32", "i32", "i64", "i32"), "i32"),
+}
 _REQUEST_BUFFER = 64 << 10
 # Loading a script (engine init + top-level code) may use this much fuel; a
 # top-level infinite loop fails the load in about a second instead of hanging it.
@@ -176,7 +183,7 @@ class Interpreter(Protocol):
 
     def instantiate(
         self, store: wasmtime.Store, heap: wasmtime.InstancePre
-    ) -> tuple[wasmtime.Instance, wasmtime.Instance]: ...
+    ) -> tuple[RawInstance, RawInstance]: ...
 
 
 class _Session:
@@ -186,8 +193,8 @@ class _Session:
         self,
         interpreter: Interpreter,
         store: wasmtime.Store,
-        instance: wasmtime.Instance,
-        heap: wasmtime.Instance,
+        instance: RawInstance,
+        heap: RawInstance,
     ) -> None:
         self.interpreter = interpreter
         self.store = store
@@ -313,7 +320,7 @@ def build_snapshot(
 
 
 def _moved_globals(
-    store: wasmtime.Store, instance: wasmtime.Instance, mutable: tuple[MutableGlobal, ...]
+    store: wasmtime.Store, instance: RawInstance, mutable: tuple[MutableGlobal, ...]
 ) -> tuple[tuple[str, str, int], ...]:
     # The heap module carries memory only; a global left away from its
     # initial value (none in QuickJS today) must be set on every instance.
@@ -335,7 +342,12 @@ class JsProgram:
         self._interpreter = interpreter
         self._heap = heap
         self._snapshot = snapshot
-        self._signatures = {name: interpreter.signature(name) for name in _REQUEST_CALLS}
+        for name, expected in _REQUEST_SIGNATURES.items():
+            if interpreter.signature(name) != expected:
+                raise ScriptLoadError(f"the JavaScript engine's {name} has an unexpected signature")
+        # Arguments and results of every call a request makes; a runner runs
+        # one request at a time, so one buffer serves them all.
+        self._buffer = (ffi.wasmtime_val_raw_t * 5)()
 
     def run(
         self, store: wasmtime.Store, request: bytes, deadline: float, fetch: Callable[[bytes], bytes]
@@ -353,18 +365,25 @@ class JsProgram:
             item = export_get(store, instance, name)
             assert isinstance(item, wasmtime.Global)
             item.set_value(store, wasmtime.Val.i32(value) if kind == "i32" else wasmtime.Val.i64(value))
-        # Raw exports: wrapping each in a Python Func/Memory object costs more
-        # than the call itself on this path.
-        signatures = self._signatures
-        calls = {
-            name: RawFunc(store, raw_export(store, instance, name), *signatures[name])
-            for name in _REQUEST_CALLS
-        }
-        memory = raw_export(store, heap, "memory")
+        # Raw calls with the signatures checked at load: wrapping each export
+        # in a Python Func object costs more than the call itself.
+        context = store._context()
+        buffer = self._buffer
+        new_string = ctypes.byref(raw_export(store, instance, "JS_NewStringLen").of.func)
+        js_call = ctypes.byref(raw_export(store, instance, "JS_Call").of.func)
+        memory = ctypes.byref(raw_export(store, heap, "memory").of.memory)
+
+        def call(func: Any) -> None:
+            trap = ctypes.POINTER(ffi.wasm_trap_t)()
+            error = ffi.wasmtime_func_call_unchecked(context, func, buffer, 5, ctypes.byref(trap))
+            if error:
+                raise host_exception() or wasmtime.WasmtimeError._from_ptr(error)
+            if trap:
+                raise host_exception() or wasmtime.Trap._from_ptr(trap)
 
         def base() -> int:
             # Re-read after every call that may grow (and so move) memory.
-            return memory_base(store, memory)
+            return ctypes.addressof(ffi.wasmtime_memory_data(context, memory).contents)
 
         def js_string(data: bytes) -> int:
             if len(data) <= snap.request_capacity:
@@ -375,15 +394,25 @@ class JsProgram:
                 if not pointer:
                     raise wasmtime.WasmtimeError("memory limit reached while passing data to the script")
             ctypes.memmove(base() + pointer, data, len(data))
-            return calls["JS_NewStringLen"](snap.ctx, pointer, len(data))
+            buffer[0].i32, buffer[1].i32, buffer[2].i32 = snap.ctx, pointer, len(data)
+            call(new_string)
+            return int(buffer[0].i64)
+
+        def call_js(function: int, argc: int, argv: int) -> int:
+            buffer[0].i32, buffer[1].i64, buffer[2].i64 = snap.ctx, function, _UNDEFINED
+            buffer[3].i32, buffer[4].i32 = argc, argv
+            call(js_call)
+            return int(buffer[0].i64)
 
         ctypes.c_int64.from_address(base() + snap.scratch).value = js_string(request)
-        result = calls["JS_Call"](snap.ctx, snap.start_fn, _UNDEFINED, 1, snap.scratch)
+        result = call_js(snap.start_fn, 1, snap.scratch)
         job_out = snap.scratch + 8
         while True:
             tag = result >> 32
             if tag == _TAG_STRING:
-                text = calls["JS_ToCStringLen2"](snap.ctx, job_out, result, 0)
+                buffer[0].i32, buffer[1].i32, buffer[2].i64, buffer[3].i32 = snap.ctx, job_out, result, 0
+                call(ctypes.byref(raw_export(store, instance, "JS_ToCStringLen2").of.func))
+                text = buffer[0].i32
                 address = base()
                 length = ctypes.c_uint32.from_address(address + job_out).value
                 output = ctypes.string_at(address + text, length)
@@ -391,7 +420,7 @@ class JsProgram:
                     return output
                 delivery = js_string(fetch(output[1:]))
                 ctypes.c_int64.from_address(base() + snap.scratch).value = delivery
-                calls["JS_Call"](snap.ctx, snap.deliver_fn, _UNDEFINED, 1, snap.scratch)
+                call_js(snap.deliver_fn, 1, snap.scratch)
                 result = _TAG_INT << 32  # run the jobs the delivery queued, then poll
                 continue
             if tag == _TAG_EXCEPTION:
@@ -403,12 +432,16 @@ class JsProgram:
                 if delay_ms / 1000 > deadline - time.monotonic():
                     raise ScriptTimeout(f"a timer of {delay_ms} ms runs past the deadline")
                 time.sleep(delay_ms / 1000)
-            while calls["JS_ExecutePendingJob"](snap.runtime, job_out) > 0:
-                pass
-            result = calls["JS_Call"](snap.ctx, snap.poll_fn, _UNDEFINED, 0, 0)
+            pending_job = ctypes.byref(raw_export(store, instance, "JS_ExecutePendingJob").of.func)
+            while True:
+                buffer[0].i32, buffer[1].i32 = snap.runtime, job_out
+                call(pending_job)
+                if buffer[0].i32 <= 0:
+                    break
+            result = call_js(snap.poll_fn, 0, 0)
 
 
-def _func(store: wasmtime.Store, instance: wasmtime.Instance, name: str) -> wasmtime.Func:
+def _func(store: wasmtime.Store, instance: RawInstance, name: str) -> wasmtime.Func:
     func = export_get(store, instance, name)
     if not isinstance(func, wasmtime.Func):
         raise ScriptLoadError(f"the JavaScript engine has no function {name}")
