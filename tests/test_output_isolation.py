@@ -83,7 +83,7 @@ def test_no_request_sees_what_the_one_before_it_wrote(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr.decode()
     ready, *replies = FrameDecoder().feed(result.stdout)
     assert isinstance(ready, Ready) and ready.load_errors == {}
-    assert [r.request_id for r in replies] == list(range(1, len(order) + 1))  # type: ignore[attr-defined]
+    assert [r.request_id for r in replies] == list(range(1, len(order) + 1))
     flood, hello1, trap, hello2, exit_, hello3, flood2, flood3 = replies
     for failure, kind, stderr in [(flood, "bad-output", b"flood-err"), (trap, "trap", b"trap-err")]:
         assert isinstance(failure, Failure) and failure.kind == kind, failure
@@ -96,7 +96,7 @@ def test_no_request_sees_what_the_one_before_it_wrote(tmp_path: Path) -> None:
         assert (reply.status, reply.body, reply.stderr) == (201, b"hello", b"")
     # A flood after a flood is cut at the cap again, not earlier or later.
     for failure in (flood2, flood3):
-        assert isinstance(failure, Failure) and failure.detail == flood.detail  # type: ignore[union-attr]
+        assert isinstance(failure, Failure) and failure.detail == flood.detail
 
 
 _HOST_CALL = """
