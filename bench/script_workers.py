@@ -2,6 +2,7 @@
 startup with a warm cache, and req/s through the server next to JS and compiled.
 
     .venv/bin/python -m bench.script_workers [--runtimes-dir DIR] [--seconds 5]
+        [--parts requests,startup,server]
 
 Needs the runtimes (``wws-supervisor runtimes install python|ruby``). Three parts:
 
@@ -211,19 +212,29 @@ def main() -> None:
     )
     parser.add_argument("--runtimes-dir", type=Path, default=default_runtimes_dir())
     parser.add_argument("--seconds", type=int, default=5, help="wrk duration per route")
-    args = parser.parse_args()
-    print(
-        "| runtime | per request, from the snapshot (median) | req/s, one runner | fuel | fresh interpreter |"
+    parser.add_argument(
+        "--parts",
+        default="requests,startup,server",
+        help="comma-separated: requests (in one runner), startup (20 workers), server (wrk)",
     )
-    print("|---|---|---|---|---|")
-    for row in _in_runner(args.runtimes_dir):
-        print(row, flush=True)
-    cold, warm = _startup(args.runtimes_dir)
-    print(f"\n20 Python workers, 2 runners: startup {cold:.1f} s cold (empty cache), {warm:.1f} s warm\n")
-    print("| hello worker | req/s | p50 ms | p99 ms | non-2xx |")
-    print("|---|---|---|---|---|")
-    for row in _req_per_s(args.runtimes_dir, args.seconds):
-        print(row, flush=True)
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if "requests" in parts:
+        print(
+            "| runtime | per request, from the snapshot (median) | req/s, one runner | fuel "
+            "| fresh interpreter |"
+        )
+        print("|---|---|---|---|---|")
+        for row in _in_runner(args.runtimes_dir):
+            print(row, flush=True)
+    if "startup" in parts:
+        cold, warm = _startup(args.runtimes_dir)
+        print(f"\n20 Python workers, 2 runners: startup {cold:.1f} s cold (empty cache), {warm:.1f} s warm\n")
+    if "server" in parts:
+        print("| hello worker | req/s | p50 ms | p99 ms | non-2xx |")
+        print("|---|---|---|---|---|")
+        for row in _req_per_s(args.runtimes_dir, args.seconds):
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -62,10 +62,12 @@ def _span(snapshot: bytes) -> tuple[int, int]:
     """The host pages from the first non-zero one to the last, as offsets."""
     view = memoryview(snapshot)
     pages = range(0, len(snapshot), _HOST_PAGE)
-    used = [offset for offset in pages if view[offset : offset + _HOST_PAGE] != _ZERO_PAGE]
-    if not used:
+    # Only the two ends matter: what lies between is kept, zeros and all.
+    first = next((o for o in pages if view[o : o + _HOST_PAGE] != _ZERO_PAGE), None)
+    if first is None:
         return 0, 0
-    return used[0], min(len(snapshot), used[-1] + _HOST_PAGE)
+    last = next(o for o in reversed(pages) if view[o : o + _HOST_PAGE] != _ZERO_PAGE)
+    return first, min(len(snapshot), last + _HOST_PAGE)
 
 
 def dense_heap_module(snapshot: bytes, max_pages: int | None) -> bytes:
@@ -83,16 +85,21 @@ def dense_heap_module(snapshot: bytes, max_pages: int | None) -> bytes:
         raise DenseHeapError("the snapshot is larger than the module's maximum memory")
     start, end = _span(snapshot)
     limits = b"\x01" + _uleb(pages) + _uleb(max_pages) if max_pages is not None else b"\x00" + _uleb(pages)
-    data = _uleb(0)
+    payload = memoryview(snapshot)[start:end]
+    data_head = _uleb(0)
     if end > start:
         # Active segment for memory 0: flag 0, (i32.const start) end, bytes.
         offset = start if start < 2**31 else start - 2**32
-        segment = b"\x00" + bytes([_I32_CONST]) + _sleb(offset) + bytes([_END])
-        data = _uleb(1) + segment + _uleb(end - start) + snapshot[start:end]
+        data_head = _uleb(1) + b"\x00" + bytes([_I32_CONST]) + _sleb(offset) + bytes([_END])
+        data_head += _uleb(len(payload))
     export = _uleb(1) + _uleb(len(b"memory")) + b"memory" + bytes([_KIND_MEMORY]) + _uleb(0)
-    return (
+    head = (
         _MAGIC
         + _section(_MEMORY_SECTION, _uleb(1) + limits)
         + _section(_EXPORT_SECTION, export)
-        + _section(_DATA_SECTION, data)
+        + bytes([_DATA_SECTION])
+        + _uleb(len(data_head) + len(payload))
+        + data_head
     )
+    # One copy of a heap that may be tens of megabytes.
+    return b"".join((head, payload))
