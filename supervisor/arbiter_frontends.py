@@ -169,6 +169,12 @@ class FrontEnds:
         to drain and returned; None when the slot had none running (``new``
         is its current at once)."""
         slot = self._slots[new.index]
+        if slot.successor is not None:
+            # The last reload's process serves while the one before it still
+            # drains: it is the one replaced now.
+            previous, slot.successor = slot.successor, new
+            self.stop(previous)
+            return previous
         old = slot.current
         if old is None:
             if slot.restart is not None:
