@@ -1,7 +1,6 @@
-"""The arbiter's restart policy for its children (front ends, the admin
-listener): the same numbers as the runner pools' (``supervisor/pool_members.py``,
-whose module imports trio and so cannot be imported by the arbiter; a test
-in ``tests/test_arbiter.py`` keeps the two equal).
+"""The restart policy for children that fail on their own: runners in a
+pool (``supervisor/pool_members.py``) and the arbiter's front ends and admin
+listener. Standard library only, so the lean arbiter can import it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Child processes the supervisor owns: runners, and front ends under the
-arbiter. One way to spawn, reap and stop them.
+"""Child processes a front end owns: its runners (and the compile step's
+throwaway runner). One way to spawn, reap and stop them under trio; the
+stdlib-only arbiter owns its front ends in ``supervisor/arbiter_children.py``.
 
 Children are spawned from the event loop's own thread, never from a worker
 thread: each child asks the kernel to SIGKILL it when the thread that forked

@@ -39,19 +39,11 @@ import trio
 
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Ready, Reply, WorkerSpec
 from supervisor import metrics
+from supervisor.backoff import HALT_AFTER_BOOT_FAILURES, STABLE_AFTER_S, backoff_delay
 from supervisor.config import PoolSettings
 from supervisor.demotion import Demoter
 from supervisor.exit_status import describe_exit
-from supervisor.pool_members import (
-    HALT_AFTER_BOOT_FAILURES,
-    REAP_WAIT_S,
-    STABLE_AFTER_S,
-    Member,
-    Retired,
-    Runner,
-    RunnerFactory,
-    backoff_delay,
-)
+from supervisor.pool_members import REAP_WAIT_S, Member, Retired, Runner, RunnerFactory
 from supervisor.runners import RunnerLost, start_runner
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """What the pool knows about one runner: the interface it needs from a runner
-process (so tests can pass fakes), why a runner was retired, the backoff
-policy for runners that fail on their own, and the pool's bookkeeping for
-each booted runner."""
+process (so tests can pass fakes), why a runner was retired, and the pool's
+bookkeeping for each booted runner. (The restart policy for runners that fail
+on their own is in ``supervisor/backoff.py``, shared with the arbiter.)"""
 
 from __future__ import annotations
 
@@ -14,16 +14,6 @@ import trio
 
 from ipc.messages import Configure, Failure, Invoke, Ready, Reply
 
-_MAX_BACKOFF_S = 10.0
-# While no other runner is alive, a slot never waits longer than this.
-_MAX_BACKOFF_ALONE_S = 0.5
-_FIRST_BACKOFF_S = 0.05
-# A runner that dies on its own sooner than this after its boot counts as
-# another failure in a row; later, the count starts again.
-STABLE_AFTER_S = 10.0
-# Boot failures in a row, in every slot, before a pool that never had a
-# runner gives up.
-HALT_AFTER_BOOT_FAILURES = 3
 # How long a request-killed runner gets to be reaped before we log its exit.
 REAP_WAIT_S = 2.0
 
@@ -64,14 +54,6 @@ class Retired(enum.Enum):
     REQUEST_FAULT = "request-fault"  # killed at a deadline, or died during a request
     CRASHED = "crashed"  # died on its own while idle
     BOOT_FAILED = "boot-failed"
-
-
-def backoff_delay(failures: int, others_alive: bool) -> float:
-    """Seconds a slot waits before its next start after ``failures`` in a row."""
-    if failures <= 0:
-        return 0.0
-    ceiling = _MAX_BACKOFF_S if others_alive else _MAX_BACKOFF_ALONE_S
-    return min(ceiling, _FIRST_BACKOFF_S * 2.0 ** (failures - 1))
 
 
 @dataclasses.dataclass(eq=False)

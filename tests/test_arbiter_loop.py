@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from supervisor import backoff, pool_members
 from supervisor.arbiter_children import ChildTable, OwnedChild, StopStage
 from supervisor.arbiter_loop import EventLoop
 
@@ -130,11 +129,3 @@ def test_a_child_that_cannot_start_leaves_nothing_open(loop: EventLoop) -> None:
         table.spawn("missing", ["/nonexistent/python"], order=lambda _fd: b"", on_output=print, on_exit=print)
     assert set(os.listdir("/proc/self/fd")) == before
     assert len(table) == 0
-
-
-def test_the_arbiters_backoff_is_the_pools() -> None:
-    for failures in range(12):
-        for alone in (True, False):
-            assert backoff.backoff_delay(failures, alone) == pool_members.backoff_delay(failures, alone)
-    assert backoff.HALT_AFTER_BOOT_FAILURES == pool_members.HALT_AFTER_BOOT_FAILURES
-    assert backoff.STABLE_AFTER_S == pool_members.STABLE_AFTER_S

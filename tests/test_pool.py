@@ -18,7 +18,7 @@ import trio.testing
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Ready, Reply
 from supervisor.config import PoolSettings
 from supervisor.pool import Overloaded, Pool, RunnerBootError
-from supervisor.pool_members import HALT_AFTER_BOOT_FAILURES, backoff_delay
+from supervisor.backoff import HALT_AFTER_BOOT_FAILURES, backoff_delay
 from supervisor.runners import RunnerLost
 
 # Above any pid_max: no real process is ever taken for a fake runner.
