@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 import types
 import typing
 from collections.abc import Callable
@@ -340,10 +341,16 @@ def _holds_dataclass(tp: Any) -> bool:
 # Per message class: (field name, needs flattening). Only fields that can hold
 # a nested dataclass are walked; the hot messages (Invoke, Reply) have none.
 _WIRE_FIELDS: dict[type[Any], tuple[tuple[str, bool], ...]] = {}
+# Per message class without nested fields: all its fields in order, read in
+# one C call (the hot path: an Invoke and a Reply or Failure per request).
+_FLAT_FIELDS: dict[type[Any], Callable[[Any], tuple[Any, ...]]] = {}
 
 
 def to_wire(message: Message) -> list[Any]:
     """The msgpack-ready array for ``message``."""
+    flat = _FLAT_FIELDS.get(type(message))
+    if flat is not None:
+        return [message.TYPE, *flat(message)]
     fields = _WIRE_FIELDS[type(message)]
     return [
         message.TYPE,
@@ -371,3 +378,6 @@ for _cls in (Mount, HttpPolicy, WorkerSpec, EngineSettings, *MESSAGE_TYPES.value
 for _cls in MESSAGE_TYPES.values():
     _hints = typing.get_type_hints(_cls)
     _WIRE_FIELDS[_cls] = tuple((f.name, _holds_dataclass(_hints[f.name])) for f in dataclasses.fields(_cls))
+    if not any(nested for _, nested in _WIRE_FIELDS[_cls]) and len(_WIRE_FIELDS[_cls]) > 1:
+        # attrgetter of two names or more returns a tuple.
+        _FLAT_FIELDS[_cls] = operator.attrgetter(*(name for name, _ in _WIRE_FIELDS[_cls]))
