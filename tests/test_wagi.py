@@ -4,6 +4,7 @@ limits and failure kinds, startup errors, and protocol = "wagi" in a folder."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -313,6 +314,29 @@ async def test_protocol_wagi_in_a_wws_folder(cache_dir: Path) -> None:
         server.stop()
 
 
+@contextlib.contextmanager
+def _upstream(body: bytes) -> Iterator[str]:
+    """A plain HTTP server on loopback answering every GET with ``body``; yields its origin."""
+
+    class Upstream(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{upstream.server_address[1]}"
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
 def _outbound_module(url: str) -> str:
     """A WAGI module that GETs ``url`` through wasi_experimental_http and
     prints the body, or ``error NN`` with the ABI's error code."""
@@ -347,21 +371,7 @@ def _outbound_module(url: str) -> str:
 
 
 async def test_outbound_http_follows_allowed_hosts(tmp_path: Path, cache_dir: Path) -> None:
-    class Upstream(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"upstream says hi"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    try:
-        origin = f"http://127.0.0.1:{upstream.server_address[1]}"
+    with _upstream(b"upstream says hi") as origin:
         (tmp_path / "fetch.wat").write_text(_outbound_module(f"{origin}/data"))
         entries = [
             ("/allowed", f'allowed_hosts = ["{origin}"]'),
@@ -379,9 +389,6 @@ async def test_outbound_http_follows_allowed_hosts(tmp_path: Path, cache_dir: Pa
             for route in ("/other", "/none"):
                 response = await http(server.port, "GET", route)
                 assert (response.status, response.text) == (200, "error 07")  # DESTINATION_NOT_ALLOWED
-    finally:
-        upstream.shutdown()
-        upstream.server_close()
 
 
 def _two_open_module(url: str) -> str:
@@ -420,20 +427,7 @@ def _two_open_module(url: str) -> str:
 async def test_http_max_concurrency_caps_the_responses_a_request_holds_open(
     tmp_path: Path, cache_dir: Path
 ) -> None:
-    class Upstream(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"hi")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    try:
-        origin = f"http://127.0.0.1:{upstream.server_address[1]}"
+    with _upstream(b"hi") as origin:
         (tmp_path / "two.wat").write_text(_two_open_module(f"{origin}/data"))
         entries = [("/one", 1), ("/two", 2), ("/unlimited", None)]
         (tmp_path / "modules.toml").write_text(
@@ -453,6 +447,3 @@ async def test_http_max_concurrency_caps_the_responses_a_request_holds_open(
             # The cap is per request: the next request starts with nothing open.
             assert (await http(server.port, "GET", "/one")).text == "error 13"
             assert (await http(server.port, "GET", "/two")).text == "second ok"
-    finally:
-        upstream.shutdown()
-        upstream.server_close()
