@@ -37,7 +37,7 @@ def encode(message: Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def decode_body(body: bytes) -> Message:
+def decode_body(body: bytes | memoryview) -> Message:
     try:
         obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
     except (ValueError, msgpack.UnpackException) as exc:
@@ -65,6 +65,16 @@ class FrameDecoder:
         """
         if self._broken is not None:
             raise self._broken
+        if not self._buffer and len(data) >= HEADER.size:
+            # The usual case, one whole frame in one read: decoded in place,
+            # without going through the buffer.
+            (length,) = HEADER.unpack_from(data)
+            if length <= self._max_frame and len(data) == HEADER.size + length:
+                try:
+                    return [decode_body(memoryview(data)[HEADER.size :])]
+                except ProtocolError as exc:
+                    self._broken = exc
+                    raise
         self._buffer += data
         messages: list[Message] = []
         try:

@@ -34,6 +34,10 @@ _FIELD_WHITESPACE = " \t"
 DEFAULT_MAX_OUTPUT = 16 << 20
 
 
+# json.dumps with options builds an encoder per call; this one is built once.
+_REQUEST_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 class BadOutput(Exception):
     """The worker's stdout is not a valid wws response."""
 
@@ -65,7 +69,7 @@ def request_json(invoke: Invoke, seed: str | None = None) -> bytes:
     }
     if seed is not None:
         document["seed"] = seed  # fresh entropy for JS workers restored from a snapshot
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return _REQUEST_ENCODER.encode(document).encode()
 
 
 def load_json(output: bytes, max_bytes: int) -> object:
