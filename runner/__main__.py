@@ -164,6 +164,7 @@ def _serve(channel: _Channel, config: Configure) -> int:
                 return EXIT_PROTOCOL_ERROR
             # Writing is outside the net: a broken pipe means the supervisor is gone.
             channel.send_frame(answer(sandbox.run, message))
+            sandbox.release()
     finally:
         sandbox.close()
 

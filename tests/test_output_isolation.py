@@ -4,15 +4,27 @@ whatever ended it (a trap, output past the cap, an exit, a host exception)."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
 import wasmtime
 
 from ipc.codec import FrameDecoder, encode
-from ipc.messages import PROTOCOL_VERSION, Configure, Failure, HttpPolicy, Invoke, Ready, Reply, WorkerSpec
+from ipc.messages import (
+    PROTOCOL_VERSION,
+    Configure,
+    Failure,
+    HttpPolicy,
+    Invoke,
+    Ready,
+    Reply,
+    WorkerSpec,
+    default_engine_settings,
+)
 from runner.wasmffi import call_no_args, host_exception, instantiate, memory_size, raw_export
 from tests.helpers import TEST_PROJECT
 
@@ -146,3 +158,41 @@ def test_a_start_function_that_traps_fails_the_raw_instantiate() -> None:
     pre = wasmtime.Linker(engine).instantiate_pre(module)
     with pytest.raises(wasmtime.Trap):
         instantiate(pre, wasmtime.Store(engine))
+
+
+def test_the_last_store_is_freed_by_release_or_by_the_next_request(tmp_path: Path) -> None:
+    # The runner frees a request's Store after sending its reply; whoever
+    # never calls release (benches) still holds one Store at most.
+    from runner import http_import
+    from runner.engine import make_engine, profile
+    from runner.modules import ModuleCache, load_worker
+    from runner.sandbox import Sandbox
+
+    settings = default_engine_settings()
+    engine = make_engine(settings)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    context = http_import.RequestContext()
+    http_import.define(linker, context)
+    cache = ModuleCache(engine, str(tmp_path / "cache"), profile(settings))
+    hello = WorkerSpec("hello.wat", str(TEST_PROJECT / "hello.wat"), "wat", {}, [], NO_HTTP)
+    sandbox = Sandbox(
+        engine, {"hello.wat": load_worker(hello, cache, linker, write=False, http=context)}, 10, str(tmp_path)
+    )
+    try:
+        gc.collect()
+        before = {id(o) for o in gc.get_objects() if isinstance(o, wasmtime.Store)}
+        stores: list[weakref.ref[wasmtime.Store]] = []
+        for request_id in (1, 2):
+            reply = sandbox.run(_invoke(request_id, "hello.wat"))
+            assert isinstance(reply, Reply) and reply.body == b"hello"
+            gc.collect()
+            alive = [o for o in gc.get_objects() if isinstance(o, wasmtime.Store) and id(o) not in before]
+            assert len(alive) == 1
+            stores.append(weakref.ref(alive[0]))
+            del alive
+        assert stores[0]() is None  # freed when the second request started
+        sandbox.release()
+        assert stores[1]() is None
+    finally:
+        sandbox.close()
