@@ -16,9 +16,9 @@ import trio
 import trio.testing
 
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Ready, Reply
+from supervisor.backoff import HALT_AFTER_BOOT_FAILURES, backoff_delay
 from supervisor.config import PoolSettings
 from supervisor.pool import Overloaded, Pool, RunnerBootError
-from supervisor.backoff import HALT_AFTER_BOOT_FAILURES, backoff_delay
 from supervisor.runners import RunnerLost
 
 # Above any pid_max: no real process is ever taken for a fake runner.
