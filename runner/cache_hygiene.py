@@ -172,7 +172,9 @@ def _entry_files(directory: Path) -> list[tuple[Path, int, float]]:
                 try:
                     if entry.is_file(follow_symlinks=False):
                         stat = entry.stat(follow_symlinks=False)
-                        out.append((Path(entry.path), stat.st_size, stat.st_mtime))
+                        # Heap files have holes: what they hold, not their length.
+                        held = min(stat.st_size, stat.st_blocks * 512)
+                        out.append((Path(entry.path), held, stat.st_mtime))
                 except OSError:
                     continue
     except OSError:

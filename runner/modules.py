@@ -116,12 +116,40 @@ class ModuleCache:
         # Write then rename, so a sibling runner never maps a half-written file.
         fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
+            try:
+                _write_with_holes(fd, data)
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+# Zero blocks of this size (file-system blocks) are left as holes in cache files.
+_HOLE = 4096
+_ZEROS = bytes(_HOLE)
+
+
+def _write_with_holes(fd: int, data: bytes) -> None:
+    """Write ``data`` to the empty file ``fd``, skipping whole zero blocks:
+    a compiled heap holds megabytes of zeros (a sparse heap is laid out over
+    its whole span, see runner.wasmbake.heap_module) that then take no disk.
+    Reading the file, or mapping it, gives the zeros back."""
+    view = memoryview(data)
+    run_start: int | None = None  # the non-zero blocks not yet written
+    for start in range(0, len(view) + _HOLE, _HOLE):
+        block = view[start : start + _HOLE]
+        if block and block != _ZEROS[: len(block)]:
+            if run_start is None:
+                run_start = start
+        elif run_start is not None:
+            run = view[run_start:start]
+            written = 0
+            while written < len(run):
+                written += os.pwrite(fd, run[written:], run_start + written)
+            run_start = None
+    os.ftruncate(fd, len(view))
 
 
 def load_worker(

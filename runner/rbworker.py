@@ -10,9 +10,10 @@ the worker. Every call returns, so the memory after it is the snapshot, as
 with QuickJS. Per request: ``rb-eval-string-protect("__wws_handle")`` on a
 fresh copy (the string is placed in the snapshot at load).
 
-The heap is written as one dense data segment (:mod:`runner.denseheap`):
-Ruby's memory is too sparse for wasmtime to map the usual page-run segments
-copy-on-write, and copying them cost 28 M fuel and 15-40 ms per request.
+Ruby's heap is sparse (27 MB of non-zero pages over a 59 MB span):
+:func:`runner.wasmbake.heap_module` then writes it as one segment over the
+span, which wasmtime maps copy-on-write (the page-run segments it writes for
+denser heaps would be copied at each instantiation: 28 M fuel, 15-40 ms).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 import wasmtime
 
 from ipc.messages import WorkerSpec
-from runner.denseheap import DenseHeapError, dense_heap_module
 from runner.scriptexec import ScriptExecutor
 from runner.scriptrt import (
     Interpreter,
@@ -37,6 +37,7 @@ from runner.scriptrt import (
     moved_globals,
     wasi_config,
 )
+from runner.wasmbake import BakeError, heap_module
 from runner.wasmffi import RawFunc, export_get, memory_base, raw_export
 
 if TYPE_CHECKING:
@@ -92,10 +93,7 @@ def _no_js(name: str) -> Any:
     return stub
 
 
-# "dense/1": heaps are one dense segment (older cached heaps are sparse).
-RUBY = Language(
-    "ruby", "rb", "wws-supervisor runtimes install ruby", lambda module: module, _define, recipe="|rb-dense/1"
-)
+RUBY = Language("ruby", "rb", "wws-supervisor runtimes install ruby", lambda module: module, _define)
 
 
 def load(spec: WorkerSpec, cache: ModuleCache, *, write: bool) -> ScriptExecutor:
@@ -180,8 +178,8 @@ def _bake(runtime: Interpreter, spec: WorkerSpec, src: Path) -> tuple[bytes, dic
         "globals": moved_globals(store, instance, runtime.mutable_globals),
     }
     try:
-        return dense_heap_module(image, runtime.max_pages), snapshot
-    except DenseHeapError as exc:
+        return heap_module(image, runtime.max_pages), snapshot
+    except BakeError as exc:
         raise ScriptLoadError(f"the worker's snapshot cannot be kept: {exc}") from None
 
 

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 API_DIR = Path(__file__).parent / "script_api"
 # Bump when a snapshot recipe changes: part of every script cache key.
 SCRIPT_BAKE_VERSION = "script-heap/v1"
+# Bump when runner.wasmbake.heap_module lays heaps out differently (v2: sparse
+# heaps as one segment over their span): part of every worker heap's key.
+HEAP_LAYOUT_VERSION = "heap-layout/v2"
 _MEMORY_MODULE, _MEMORY_NAME = (part.encode() for part in MEMORY_IMPORT)
 # Loading a worker (interpreter start, imports, top-level code) may use this
 # much fuel and memory; a top-level endless loop fails the load, not the server.
@@ -64,9 +67,6 @@ class Language:
     prepare: Callable[[bytes], bytes]
     # Extra imports the runtime needs besides WASI (Ruby's JS interop).
     define: Callable[[wasmtime.Linker, wasmtime.Module], None]
-    # The language's own snapshot recipe version, part of its heaps' cache
-    # keys: bump it when its bake changes what a cached heap holds.
-    recipe: str = ""
 
 
 def runtime_digest(path: Path) -> str:
@@ -220,7 +220,8 @@ def recipe_key(language: Language, spec: WorkerSpec, source: bytes, cache: Modul
     digest = hashlib.sha256()
     mounts = [[m.host_path, m.guest_path, m.writable] for m in spec.mounts]
     parts = (
-        (SCRIPT_BAKE_VERSION + language.recipe).encode(),
+        SCRIPT_BAKE_VERSION.encode(),
+        HEAP_LAYOUT_VERSION.encode(),
         language.name.encode(),
         runtime_digest(Path(spec.runtime)).encode(),
         spec.flavour.encode(),
