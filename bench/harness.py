@@ -58,7 +58,7 @@ class Running:
             return 0.0
 
     def roles(self) -> list[tuple[str, psutil.Process]]:
-        """The process tree by role: front ends are ``-m supervisor.frontend``,
+        """The process tree by role: front ends are ``-m supervisor.front.frontend``,
         runners ``-m runner``; the top process is the ``arbiter`` when it has
         front ends below it."""
         parent = psutil.Process(self.process.pid)
@@ -79,8 +79,8 @@ def _role(proc: psutil.Process) -> str:
     except psutil.Error:
         return "child"
     for flag, module in itertools.pairwise(command):
-        if flag == "-m" and module in ("supervisor.frontend", "runner"):
-            return "frontend" if module == "supervisor.frontend" else "runner"
+        if flag == "-m" and module in ("supervisor.front.frontend", "runner"):
+            return "frontend" if module == "supervisor.front.frontend" else "runner"
     return "child"
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import wasmtime
 
 from ipc.messages import HttpPolicy, Invoke, Reply, WorkerSpec, default_engine_settings
-from runner import http_import
-from runner.engine import make_engine, profile
-from runner.http_import import RequestContext
-from runner.modules import ModuleCache, load_worker
+from runner.engines import http_import
+from runner.engines.engine import make_engine, profile
+from runner.engines.http_import import RequestContext
+from runner.engines.modules import ModuleCache, load_worker
 from runner.sandbox import Sandbox
 
 HELLO = Path(__file__).resolve().parent / "workers" / "hello.js"

@@ -37,11 +37,11 @@ def _in_runner(runtimes: Path) -> list[str]:
     import wasmtime
 
     from ipc.messages import HttpPolicy, Invoke, WorkerSpec, default_engine_settings
-    from runner.engine import make_engine, profile
-    from runner.http_import import RequestContext
-    from runner.modules import ModuleCache, load_worker
+    from runner.engines.engine import make_engine, profile
+    from runner.engines.http_import import RequestContext
+    from runner.engines.modules import ModuleCache, load_worker
     from runner.sandbox import Sandbox
-    from supervisor.runtimes import RUNTIMES, installed
+    from supervisor.project.runtimes import RUNTIMES, installed
 
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -86,8 +86,8 @@ def _fresh(name: str, runtime: Path, worker: Path, engine: object) -> float:
     """Median cost of a request with a fresh interpreter, as wws runs one."""
     import wasmtime
 
-    from runner import rbworker, scriptrt
-    from runner.wasmffi import set_stdin_bytes
+    from runner.engines import rbworker, scriptrt
+    from runner.engines.wasmffi import set_stdin_bytes
 
     assert isinstance(engine, wasmtime.Engine)
     module = wasmtime.Module.from_file(engine, str(runtime)) if name == "python" else None
@@ -124,7 +124,7 @@ def _fresh(name: str, runtime: Path, worker: Path, engine: object) -> float:
         return statistics.median(times)
     # Ruby: a fresh snapshot-less interpreter (init, ruby-init, load) per request.
     from ipc.messages import HttpPolicy, WorkerSpec
-    from runner.modules import ModuleCache
+    from runner.engines.modules import ModuleCache
 
     cache = ModuleCache(engine, str(_BENCH_CACHE), "")
     spec = WorkerSpec("hello", str(worker), "rb", {}, [], HttpPolicy([], [], False), runtime=str(runtime))

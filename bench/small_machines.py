@@ -3,7 +3,7 @@ budget of a 1 GB board. Prints Markdown tables (bench/README.md, "Small machines
 
   .venv/bin/python bench/small_machines.py cost [--rounds 20 --requests 100]
       per-request time of the same workers under the three layouts of
-      runner.engine (in-process, a fresh instance per request, like a runner)
+      runner.engines.engine (in-process, a fresh instance per request, like a runner)
   .venv/bin/python bench/small_machines.py budget
       RSS and PSS of the supervisor and each runner, idle and after load,
       serving examples/ with -w 2, without a limit and under ulimit -v
@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import REPO, server
 from ipc.messages import EngineSettings, HttpPolicy, Invoke, Reply, WorkerSpec
-from runner import engine as layouts
-from runner import http_import
-from runner.engine import MachineLimits
-from runner.http_import import RequestContext
-from runner.modules import ModuleCache, load_worker
+from runner.engines import engine as layouts
+from runner.engines import http_import
+from runner.engines.engine import MachineLimits
+from runner.engines.http_import import RequestContext
+from runner.engines.modules import ModuleCache, load_worker
 from runner.sandbox import Sandbox
 
 MiB = 1 << 20

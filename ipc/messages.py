@@ -104,7 +104,7 @@ class WorkerSpec:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EngineSettings:
-    """How the runner's engine allocates linear memories (``runner.engine``).
+    """How the runner's engine allocates linear memories (``runner.engines.engine``).
     The supervisor plans it once, so every runner builds the same engine and
     compiled modules load in all of them."""
 

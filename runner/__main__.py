@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from ipc.codec import FrameDecoder, ProtocolError, encode
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Message, Ready, Reply
-from runner.kit import printable
+from runner.executors.kit_protocol import printable
 from runner.lifeline import die_with_parent
 
 EXIT_OK = 0
@@ -111,9 +111,9 @@ def _serve(channel: _Channel, config: Configure) -> int:
     # wasmtime is imported only now, in a process that was exec'd fresh.
     import wasmtime
 
-    from runner import http_import
-    from runner.engine import EngineDoesNotFit, make_engine, profile
-    from runner.modules import LoadError, ModuleCache, load_worker
+    from runner.engines import http_import
+    from runner.engines.engine import EngineDoesNotFit, make_engine, profile
+    from runner.engines.modules import LoadError, ModuleCache, load_worker
     from runner.sandbox import Sandbox
 
     http_context = http_import.RequestContext()

@@ -4,7 +4,7 @@ or stopped, so it cannot act on anything by itself.
 
 Linux delivers a chosen signal when the *thread* that forked us exits
 (``PR_SET_PDEATHSIG``); our parents spawn from their event loop's main thread,
-which lives as long as they do (see ``supervisor/children.py``).
+which lives as long as they do (see ``supervisor/pool/children.py``).
 """
 
 from __future__ import annotations

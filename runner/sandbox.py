@@ -1,6 +1,6 @@
 """Running one request inside a fresh wasm instance, under fuel, memory and
 wall-clock limits: the Store is made here, the worker's executor (one per
-contract, ``runner/executor.py``) runs the guest, and ``runner/failures.py``
+contract, ``runner/executors/base.py``) runs the guest, and ``runner/failures.py``
 turns whatever ended it into a FailureKind."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import time
 import wasmtime
 
 from ipc.messages import Failure, FailureKind, Invoke, Reply
-from runner import executor
-from runner.epoch import EpochTicker
-from runner.executor import GuestFiles
-from runner.kit import (
+from runner.engines.epoch import EpochTicker
+from runner.engines.modules import LoadedWorker
+from runner.executors import base as executor
+from runner.executors.base import GuestFiles
+from runner.executors.kit_protocol import (
     DEFAULT_MAX_OUTPUT,
 )
-from runner.modules import LoadedWorker
 
 # The tail of a worker's stderr that travels back for the supervisor's log.
 STDERR_TAIL = 4096

@@ -22,12 +22,12 @@ from typing import Any
 
 import wasmtime
 
-from runner.epoch import EpochTicker
+from runner.engines.epoch import EpochTicker
+from runner.engines.modules import LoadError
+from runner.engines.wasmffi import RawFunc, raw_export
+from runner.executors.serverless import check_function, memory_limits
+from runner.executors.wagi import WagiLinker, check_entrypoints
 from runner.failures import classify, first_line
-from runner.modules import LoadError
-from runner.serverless import check_function, memory_limits
-from runner.wagi import WagiLinker, check_entrypoints
-from runner.wasmffi import RawFunc, raw_export
 
 _TICK_MS = 10
 _MAX_ROUTES_OUTPUT = 1 << 20

@@ -15,8 +15,8 @@ from supervisor.config import (
     default_max_connections,
     default_runtimes_dir,
 )
-from supervisor.logs import error_line, setup_logging, startup_output
-from supervisor.options_file import OptionsFileError, read_options
+from supervisor.ops.logs import error_line, setup_logging, startup_output
+from supervisor.ops.options_file import OptionsFileError, read_options
 
 _DESCRIPTION = """\
 Serve a folder of WebAssembly workers over HTTP, like Wasm Workers Server (wws),
@@ -387,20 +387,20 @@ def load_config(argv: list[str]) -> tuple[argparse.Namespace, ServerConfig]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["systemd-unit"]:
-        from supervisor.systemd_unit import main as unit_main
+        from supervisor.ops.systemd_unit import main as unit_main
 
         return unit_main(argv[1:])
     if argv[:1] == ["runtimes"]:  # `wws-supervisor runtimes install|list|uninstall`
-        from supervisor.runtimes import main as runtimes_main
+        from supervisor.project.runtimes import main as runtimes_main
 
         return runtimes_main(argv[1:])
     if argv[:1] == ["cache"]:  # `wws-supervisor cache info|prune` (serve a folder named cache as ./cache)
-        from supervisor.cache_admin import main as cache_main
+        from supervisor.ops.cache_admin import main as cache_main
 
         return cache_main(argv[1:])
     args, config = load_config(argv)
     setup_logging(config.log_level, config.log_format)
-    from supervisor.project import StartupError
+    from supervisor.project.project import StartupError
     from supervisor.server import run
 
     try:

@@ -39,9 +39,9 @@ class PoolSettings:
     max_output_bytes: int = 16 << 20
     epoch_tick_ms: int = 10
     # A request that has used this much of its runner's CPU gets the lowest
-    # CPU priority (supervisor/demotion.py); 0 turns demotion off.
+    # CPU priority (supervisor/pool/demotion.py); 0 turns demotion off.
     demote_after_ms: int = 50
-    # The runners' memory layout, planned at startup (runner.engine.plan_engine).
+    # The runners' memory layout, planned at startup (runner.engines.engine.plan_engine).
     engine: EngineSettings = dataclasses.field(default_factory=default_engine_settings)
 
 
@@ -66,7 +66,7 @@ class ServerConfig:
     cache_dir: Path = dataclasses.field(default_factory=lambda: default_cache_dir())
     # Where `runtimes install` keeps the Python and Ruby interpreters.
     runtimes_dir: Path = dataclasses.field(default_factory=lambda: default_runtimes_dir())
-    # Least recently used cache entries go past this (runner.cache_hygiene).
+    # Least recently used cache entries go past this (runner.engines.cache_hygiene).
     cache_max_mb: int = 512
     log_level: str = "info"
     log_format: str = "text"
@@ -82,11 +82,11 @@ class ServerConfig:
     # WAGI's guest environment: --env NAME=VALUE pairs over --env-file files.
     env: tuple[str, ...] = ()
     env_files: tuple[Path, ...] = ()
-    # The admin listener (supervisor/admin.py): --admin HOST:PORT, or --enable-panel's default.
+    # The admin listener (supervisor/ops/admin.py): --admin HOST:PORT, or --enable-panel's default.
     admin: tuple[str, int] | None = None
     admin_token: str | None = None
     enable_panel: bool = False
-    # --tenants FILE: several projects, each a tenant (supervisor/tenants.py); PATH is then unused.
+    # --tenants FILE: several projects, each a tenant (supervisor/project/tenants.py); PATH is then unused.
     tenants: Path | None = None
 
 

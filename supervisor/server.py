@@ -1,8 +1,8 @@
 """``wws-supervisor``: load and check the project, bind the port, compile every
 worker once, then serve: in this process (``--frontends 1``), or through the
-arbiter and several front-end processes (``supervisor/arbiter.py``), which
+arbiter and several front-end processes (``supervisor/arbiter/arbiter.py``), which
 this process becomes by replacing itself with the lean arbiter program
-(``supervisor/handover.py``).
+(``supervisor/arbiter/handover.py``).
 
 Whatever stops startup is a :class:`StartupError`: one line, exit status 1,
 nothing left running.
@@ -22,16 +22,16 @@ from typing import NoReturn, TextIO
 
 import trio
 
-from supervisor import metrics
-from supervisor.admin import AdminListener, open_admin
-from supervisor.compiling import compile_project
+from supervisor.arbiter.handover import AdminOrder, ArbiterOrder, hand_over
 from supervisor.config import ServerConfig
-from supervisor.frontend import FrontEnd, ReloadSource
-from supervisor.handover import AdminOrder, ArbiterOrder, hand_over
-from supervisor.kv import KvUnavailable, open_kv
-from supervisor.notify import Notifier
-from supervisor.project import Project, StartupError, load_project
-from supervisor.scratch import remove_stale_scratch
+from supervisor.front.frontend import FrontEnd, ReloadSource
+from supervisor.front.kv import KvUnavailable, open_kv
+from supervisor.ops import metrics
+from supervisor.ops.admin import AdminListener, open_admin
+from supervisor.ops.notify import Notifier
+from supervisor.pool.compiling import compile_project
+from supervisor.pool.scratch import remove_stale_scratch
+from supervisor.project.project import Project, StartupError, load_project
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Startup with ``--tenants``: read the tenants file, set up cgroups where
 they are delegated, bind the port, load and compile every tenant's project
 (a tenant that fails is reported and left down; the others start), then
-serve them all from one front-end process (``supervisor/tenant_front.py``).
+serve them all from one front-end process (``supervisor/front/tenant_front.py``).
 
 One front end only: the tenants' rate and concurrency quotas are counted in
 that process, and splitting them over several would let each be exceeded
@@ -17,16 +17,16 @@ from typing import TextIO
 
 import trio
 
-from supervisor.admin import open_admin
-from supervisor.cgroups import CgroupsUnavailable, TenantCgroups, open_cgroups
 from supervisor.config import ServerConfig
-from supervisor.frontend import ReloadSource
-from supervisor.kv import KvUnavailable, open_kv
-from supervisor.notify import Notifier
-from supervisor.project import StartupError
-from supervisor.scratch import remove_stale_scratch
-from supervisor.tenant_front import TenantFrontEnd, prepare_tenant
-from supervisor.tenants import TenantsError, load_tenants
+from supervisor.front.frontend import ReloadSource
+from supervisor.front.kv import KvUnavailable, open_kv
+from supervisor.front.tenant_front import TenantFrontEnd, prepare_tenant
+from supervisor.ops.admin import open_admin
+from supervisor.ops.notify import Notifier
+from supervisor.pool.cgroups import CgroupsUnavailable, TenantCgroups, open_cgroups
+from supervisor.pool.scratch import remove_stale_scratch
+from supervisor.project.project import StartupError
+from supervisor.project.tenants import TenantsError, load_tenants
 
 log = logging.getLogger(__name__)
 

@@ -111,9 +111,7 @@ class ServerProcess:
 
             self._cond.wait_for(ready, timeout=timeout)
             if found is None:
-                raise AssertionError(
-                    f"no line matched {pattern!r}; output={self.lines[-40:]}"
-                )
+                raise AssertionError(f"no line matched {pattern!r}; output={self.lines[-40:]}")
             return found
 
     def wait_ready(self, timeout: float = 60.0) -> int:

@@ -23,7 +23,7 @@ CACHE_ARGS = ["--runtimes-dir", str(RUNTIMES_DIR), "--cache-max-mb", "1536"]
 
 def ensure_runtime(name: str) -> Path:
     """The runtime's .wasm, installed with `wws-supervisor runtimes install` if needed."""
-    from supervisor.runtimes import RUNTIMES, installed
+    from supervisor.project.runtimes import RUNTIMES, installed
 
     found = installed(RUNTIMES[name], RUNTIMES_DIR)
     if found is not None:

@@ -248,8 +248,10 @@ async def test_two_front_ends_add_up(cache_dir: Path, tmp_path: Path) -> None:
         assert sorted(front_ends) == [0, 1]
         # The arbiter's children: the two front ends and the admin listener's process.
         children = psutil.Process(server.proc.pid).children()
-        assert set(front_ends.values()) == {p.pid for p in children if "supervisor.frontend" in p.cmdline()}
-        assert sum("supervisor.admin_main" in p.cmdline() for p in children) == 1
+        assert set(front_ends.values()) == {
+            p.pid for p in children if "supervisor.front.frontend" in p.cmdline()
+        }
+        assert sum("supervisor.ops.admin_main" in p.cmdline() for p in children) == 1
         per_front = {i: sum(r["requests_served"] for r in runners if r["frontend"] == i) for i in (0, 1)}
         assert all(per_front.values()), per_front  # both front ends served, and both were counted
 
@@ -301,7 +303,7 @@ def test_enable_panel_means_a_loopback_default() -> None:
 
 
 async def test_enable_panel_serves_on_its_default_port(cache_dir: Path) -> None:
-    from supervisor.admin import PANEL_DEFAULT
+    from supervisor.ops.admin import PANEL_DEFAULT
 
     with trio.socket.socket() as probe:
         try:

@@ -1,5 +1,5 @@
 """The lean arbiter (``--frontends 2``): the started process replaces itself
-with ``python -m supervisor.arbiter_main`` (same pid) that imports no serving
+with ``python -m supervisor.arbiter.main`` (same pid) that imports no serving
 stack, not even trio; reloads go through a throwaway prepare process; the
 admin listener runs in a child process of the arbiter's; a second SIGTERM
 hurries the front ends, and front ends that cannot boot halt it; the
@@ -18,11 +18,11 @@ import psutil
 import pytest
 import trio
 
-from supervisor.arbiter import Arbiter, ArbiterHalted, ArbiterSettings
-from supervisor.arbiter_loop import EventLoop
-from supervisor.handover import AdminOrder, ArbiterOrder, read_order
-from supervisor.prepare_child import Prepared, PrepareFailed, error_answer, parse_answer
-from supervisor.sd_notify import SdNotifier
+from supervisor.arbiter.arbiter import Arbiter, ArbiterHalted, ArbiterSettings
+from supervisor.arbiter.handover import AdminOrder, ArbiterOrder, read_order
+from supervisor.arbiter.loop import EventLoop
+from supervisor.arbiter.prepare_child import Prepared, PrepareFailed, error_answer, parse_answer
+from supervisor.ops.sd_notify import SdNotifier
 from supervisor.server import bind_sockets
 from tests.helpers import REPO, ServerProcess, http, serving
 
@@ -31,13 +31,13 @@ PROJECT = HERE / "hardproject"
 # What the process that lives as long as the server must not hold.
 _HEAVY_PACKAGES = {"hypercorn", "h11", "h2", "wsproto", "prometheus_client", "wasmtime", "msgpack", "psutil"}
 _HEAVY_MODULES = {
-    "supervisor.admin",
+    "supervisor.ops.admin",
     "supervisor.cli",
-    "supervisor.compiling",
-    "supervisor.frontend",
-    "supervisor.pool",
-    "supervisor.project",
-    "supervisor.runners",
+    "supervisor.pool.compiling",
+    "supervisor.front.frontend",
+    "supervisor.pool.pool",
+    "supervisor.project.project",
+    "supervisor.pool.runners",
 }
 
 
@@ -51,7 +51,11 @@ def _proc(pid: int, name: str) -> str:
 
 
 def _front_end_pids(pid: int) -> set[int]:
-    return {child.pid for child in psutil.Process(pid).children() if "supervisor.frontend" in child.cmdline()}
+    return {
+        child.pid
+        for child in psutil.Process(pid).children()
+        if "supervisor.front.frontend" in child.cmdline()
+    }
 
 
 def _modules_after(statement: str) -> set[str]:
@@ -63,7 +67,7 @@ def _modules_after(statement: str) -> set[str]:
 
 
 def test_the_arbiter_program_imports_no_serving_stack_and_no_trio() -> None:
-    modules = _modules_after("import supervisor.arbiter_main")
+    modules = _modules_after("import supervisor.arbiter.main")
     heavy = {name for name in modules if name.split(".")[0] in _HEAVY_PACKAGES or name in _HEAVY_MODULES}
     assert heavy == set()
     # The standard library and stdlib-only modules of ours, nothing else:
@@ -82,7 +86,7 @@ async def test_the_started_process_becomes_the_lean_arbiter(cache_dir: Path) -> 
     async with serving(PROJECT, ["-w", "4", "--frontends", "2"], cache_dir) as server:
         pid = server.proc.pid  # what systemd knows as MAINPID
         command = _proc(pid, "cmdline").split("\0")
-        assert command[1:4] == ["-I", "-m", "supervisor.arbiter_main"]
+        assert command[1:4] == ["-I", "-m", "supervisor.arbiter.main"]
         assert "wasmtime" not in _proc(pid, "maps")
         assert len(_front_end_pids(pid)) == 2
         assert (await http(server.port, "GET", "/hello")).status == 201
@@ -136,7 +140,7 @@ async def test_reloads_go_through_the_prepare_process(tmp_path: Path, cache_dir:
         others = [line for line in server.lines if not line.startswith("{")]
         assert not [line for line in others if " INFO " in line or "Start serving" in line]
         assert any("Start serving requests" in record["message"] for record in records)
-        assert any(record["logger"] == "supervisor.arbiter" for record in records)
+        assert any(record["logger"] == "supervisor.arbiter.arbiter" for record in records)
 
 
 async def test_the_admin_listener_runs_in_a_child_of_the_arbiter(cache_dir: Path) -> None:
@@ -144,7 +148,7 @@ async def test_the_admin_listener_runs_in_a_child_of_the_arbiter(cache_dir: Path
     async with serving(PROJECT, args, cache_dir) as server:
         pid = server.proc.pid
         admin = int(await _wait_log(server, r"Admin listener at http://127\.0\.0\.1:(\d+)/"))
-        (child,) = [c for c in psutil.Process(pid).children() if "supervisor.admin_main" in c.cmdline()]
+        (child,) = [c for c in psutil.Process(pid).children() if "supervisor.ops.admin_main" in c.cmdline()]
         # The socket is the arbiter's (bound before the exec), lent to the child.
         for process in (psutil.Process(pid), child):
             assert admin in {c.laddr.port for c in process.net_connections("tcp")}
@@ -157,7 +161,7 @@ async def test_the_admin_listener_runs_in_a_child_of_the_arbiter(cache_dir: Path
         child.kill()
         assert (await http(admin, "GET", "/healthz")).status == 200
         await _wait_log(server, rf"the admin listener \(pid {child.pid}\) killed by SIGKILL; starting", mark)
-        (again,) = [c for c in psutil.Process(pid).children() if "supervisor.admin_main" in c.cmdline()]
+        (again,) = [c for c in psutil.Process(pid).children() if "supervisor.ops.admin_main" in c.cmdline()]
         assert again.pid != child.pid
         server.signal(signal.SIGTERM)
         assert await trio.to_thread.run_sync(server.wait_exit) == 0

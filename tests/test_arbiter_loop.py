@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from supervisor.arbiter_children import ChildTable, OwnedChild, StopStage
-from supervisor.arbiter_loop import EventLoop
+from supervisor.arbiter.children import ChildTable, OwnedChild, StopStage
+from supervisor.arbiter.loop import EventLoop
 
 # Prints when its SIGTERM handler is in place, then ignores SIGTERM for good.
 _STUBBORN = (

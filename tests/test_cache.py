@@ -1,4 +1,4 @@
-"""The cache's hygiene rules (runner.cache_hygiene), on plain files."""
+"""The cache's hygiene rules (runner.engines.cache_hygiene), on plain files."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from runner import cache_hygiene
+from runner.engines import cache_hygiene
 
 
 def _entry(folder: Path, name: str, size: int, age_s: float) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from runner.wasmbake import BakeError, heap_module, split_memory
+from runner.engines.wasmbake import BakeError, heap_module, split_memory
 from tests.helpers import REPO, ServerProcess, http
 
 HANDLER = 'addEventListener("fetch", (e) => e.respondWith(new Response("{text}")));\n'

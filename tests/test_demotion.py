@@ -1,5 +1,5 @@
 """A request that burns CPU loses its runner's priority, and gets it back (or
-its runner is replaced) afterwards: supervisor/demotion.py, through real
+its runner is replaced) afterwards: supervisor/pool/demotion.py, through real
 runner processes and a real server."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import psutil
 import pytest
 import trio
 
-from supervisor.demotion import DEMOTED_NICE, Demoter, cpu_seconds, set_nice
+from supervisor.pool.demotion import DEMOTED_NICE, Demoter, cpu_seconds, set_nice
 from tests.helpers import TEST_PROJECT, ServerProcess, http, serving
 
 _DEMOTED = r"runner (\d+): its request has used \d+ ms of CPU; it runs at the lowest priority now"

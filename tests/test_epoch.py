@@ -12,7 +12,7 @@ import psutil
 import pytest
 import wasmtime
 
-from runner.epoch import _PARK_AFTER_S, EpochTicker
+from runner.engines.epoch import _PARK_AFTER_S, EpochTicker
 from tests.helpers import TEST_PROJECT, ServerProcess, http
 
 LOOP = '(module (func (export "run") (loop $forever (br $forever))))'

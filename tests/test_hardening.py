@@ -21,7 +21,7 @@ import psutil
 import pytest
 import trio
 
-from supervisor.runners import start_runner
+from supervisor.pool.runners import start_runner
 from tests.helpers import REPO, ServerProcess, http, parse_response, serving
 
 PROJECT = Path(__file__).resolve().parent / "hardproject"
@@ -221,7 +221,7 @@ def test_an_unusable_cache_dir_is_one_line(tmp_path: Path) -> None:
 
 def test_runners_that_cannot_boot_stop_startup_with_their_own_error(cache_dir: Path) -> None:
     # No memory layout fits in 400 MiB of address space, not even memories
-    # mapped on demand (runner.engine), so no runner could ever boot.
+    # mapped on demand (runner.engines.engine), so no runner could ever boot.
     result = _run_cli(
         [str(PROJECT), "-p", "0", "--cache-dir", str(cache_dir), "-w", "1"],
         rlimits={resource.RLIMIT_AS: (400 << 20, 400 << 20)},

@@ -1,4 +1,4 @@
-"""runner.wasmbake.heap_module: every heap snapshot, dense or sparse, becomes
+"""runner.engines.wasmbake.heap_module: every heap snapshot, dense or sparse, becomes
 a module that wasmtime maps copy-on-write (no fuel, no copy per
 instantiation) and restores exactly."""
 
@@ -10,9 +10,9 @@ import pytest
 import wasmtime
 
 from ipc.messages import default_engine_settings
-from runner.engine import make_engine, profile
-from runner.modules import ModuleCache
-from runner.wasmbake import PAGE, BakeError, heap_module
+from runner.engines.engine import make_engine, profile
+from runner.engines.modules import ModuleCache
+from runner.engines.wasmbake import PAGE, BakeError, heap_module
 
 PAGES = 384  # 24 MiB: over wasmtime's 16 MiB "always an image" size
 

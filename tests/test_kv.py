@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from supervisor.kv import (
+from supervisor.front.kv import (
     KvConflict,
     KvLimitError,
     KvLimits,

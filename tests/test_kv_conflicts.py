@@ -30,8 +30,8 @@ from ipc.messages import (
     Reply,
     WorkerSpec,
 )
-from supervisor import dispatch
-from supervisor.kv import MemoryKv
+from supervisor.front import dispatch
+from supervisor.front.kv import MemoryKv
 from tests.helpers import EXAMPLES, Response, ServerProcess, http, serving
 from tests.redis_server import redis_server
 

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from ipc.messages import HttpPolicy
-from runner.outbound import MAX_RESPONSE_BYTES, HttpErrorKind, OutboundError, host_allowed, send
+from runner.engines.outbound import MAX_RESPONSE_BYTES, HttpErrorKind, OutboundError, host_allowed, send
 from tests.helpers import EXAMPLES, ServerProcess, http
 
 PROXY_JS = """

@@ -25,7 +25,7 @@ from ipc.messages import (
     WorkerSpec,
     default_engine_settings,
 )
-from runner.wasmffi import call_no_args, host_exception, instantiate, memory_size, raw_export
+from runner.engines.wasmffi import call_no_args, host_exception, instantiate, memory_size, raw_export
 from tests.helpers import TEST_PROJECT
 
 RUNNER = [sys.executable, "-I", "-m", "runner"]
@@ -163,9 +163,9 @@ def test_a_start_function_that_traps_fails_the_raw_instantiate() -> None:
 def test_the_last_store_is_freed_by_release_or_by_the_next_request(tmp_path: Path) -> None:
     # The runner frees a request's Store after sending its reply; whoever
     # never calls release (benches) still holds one Store at most.
-    from runner import http_import
-    from runner.engine import make_engine, profile
-    from runner.modules import ModuleCache, load_worker
+    from runner.engines import http_import
+    from runner.engines.engine import make_engine, profile
+    from runner.engines.modules import ModuleCache, load_worker
     from runner.sandbox import Sandbox
 
     settings = default_engine_settings()

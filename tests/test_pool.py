@@ -16,10 +16,10 @@ import trio
 import trio.testing
 
 from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Ready, Reply
-from supervisor.backoff import HALT_AFTER_BOOT_FAILURES, backoff_delay
 from supervisor.config import PoolSettings
-from supervisor.pool import Overloaded, Pool, RunnerBootError
-from supervisor.runners import RunnerLost
+from supervisor.pool.backoff import HALT_AFTER_BOOT_FAILURES, backoff_delay
+from supervisor.pool.pool import Overloaded, Pool, RunnerBootError
+from supervisor.pool.runners import RunnerLost
 
 # Above any pid_max: no real process is ever taken for a fake runner.
 _pids = itertools.count(1 << 23)
@@ -184,7 +184,7 @@ async def test_death_during_a_request_is_502_and_no_backoff(
 async def test_idle_deaths_back_off_exponentially(
     autojump_clock: trio.testing.MockClock, make_pool: MakePool, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, "supervisor.pool")
+    caplog.set_level(logging.WARNING, "supervisor.pool.pool")
     factory = Factory()
     await make_pool(factory)
     gaps = []

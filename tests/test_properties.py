@@ -2,9 +2,9 @@
 untrusted bytes gives a value or their own typed error, never a crash.
 
 * the frame codec (ipc/codec.py): bytes from a runner or supervisor;
-* the router (supervisor/routes.py): project file names and request paths;
-* the worker TOML loader (supervisor/worker_config.py): a project's files;
-* the kit output parser (runner/kit.py): whatever a worker prints.
+* the router (supervisor/project/routes.py): project file names and request paths;
+* the worker TOML loader (supervisor/project/worker_config.py): a project's files;
+* the kit output parser (runner/executors/kit_protocol.py): whatever a worker prints.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 
 from ipc.codec import FrameDecoder, ProtocolError, decode_body, encode
 from ipc.messages import Failure, FailureKind, Invoke, Ready, Reply
-from runner.kit import BadOutput, parse_response
+from runner.executors.kit_protocol import BadOutput, parse_response
 from supervisor.config import Limits
-from supervisor.discovery import WorkerFile
-from supervisor.routes import RouteTable, decode_unreserved, normalize_request_path
-from supervisor.worker_config import WorkerConfigError, load_worker_config
+from supervisor.project.discovery import WorkerFile
+from supervisor.project.routes import RouteTable, decode_unreserved, normalize_request_path
+from supervisor.project.worker_config import WorkerConfigError, load_worker_config
 
 EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # A signed 64-bit integer: what msgpack (and so every frame) can carry.

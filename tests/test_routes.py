@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.discovery import WorkerFile, discover, glob_to_regex
-from supervisor.routes import (
+from supervisor.project.discovery import WorkerFile, discover, glob_to_regex
+from supervisor.project.routes import (
     RouteKind,
     RouteTable,
     decode_unreserved,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.runtimes import RUNTIMES, installed, polyfill_flavour
+from supervisor.project.runtimes import RUNTIMES, installed, polyfill_flavour
 from tests.helpers import EXAMPLES, REPO, ServerProcess, http
 from tests.script_support import ensure_runtime
 

@@ -22,8 +22,8 @@ from ipc.messages import (
     WorkerSpec,
     default_engine_settings,
 )
-from runner import engine
-from runner.engine import EngineDoesNotFit, MachineLimits, plan_engine, pool_reservation, profile
+from runner.engines import engine
+from runner.engines.engine import EngineDoesNotFit, MachineLimits, plan_engine, pool_reservation, profile
 from tests.helpers import EXAMPLES, REPO, TEST_PROJECT, ServerProcess, http
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -105,7 +105,7 @@ def test_a_pool_the_process_cannot_reserve_is_refused_before_wasmtime_panics() -
     huge = EngineSettings("pooled", 4 * GiB, 32 * MiB, 8, 4 * GiB)
     assert pool_reservation(huge) == 8 * (4 * GiB + 32 * MiB) + 32 * MiB
     code = (
-        "import resource; from runner.engine import make_engine, EngineDoesNotFit\n"
+        "import resource; from runner.engines.engine import make_engine, EngineDoesNotFit\n"
         "from ipc.messages import default_engine_settings\n"
         f"resource.setrlimit(resource.RLIMIT_AS, ({3 * GiB}, {3 * GiB}))\n"
         "try: make_engine(default_engine_settings())\n"

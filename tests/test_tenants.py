@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import trio
 
-from supervisor.cgroups import CgroupsUnavailable, find_cgroup, open_cgroups
-from supervisor.tenants import Tenant, TenantsError, load_tenants, pick
+from supervisor.pool.cgroups import CgroupsUnavailable, find_cgroup, open_cgroups
+from supervisor.project.tenants import Tenant, TenantsError, load_tenants, pick
 from tests.helpers import REPO, ServerProcess, http, serving
 
 HERE = Path(__file__).resolve().parent
@@ -382,7 +382,7 @@ def test_cgroups_layout_on_a_delegated_tree(tmp_path: Path) -> None:
     cgroups = open_cgroups(tmp_path / "cgroup", tmp_path / "mountinfo")
     assert (group / "supervisor" / "cgroup.procs").read_text() == "101\n"
     assert (group / "cgroup.subtree_control").read_text() == "+cpu +memory\n"
-    from supervisor.tenants import TenantLimits
+    from supervisor.project.tenants import TenantLimits
 
     cgroups.configure("alpha", TenantLimits(cpu_weight=50, cpu_max=0.5, memory_max_mb=256))
     assert (group / "tenant-alpha" / "cpu.weight").read_text() == "50\n"

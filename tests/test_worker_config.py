@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from supervisor.config import Limits
-from supervisor.worker_config import WorkerConfigError, load_worker_config
+from supervisor.project.worker_config import WorkerConfigError, load_worker_config
 from tests.helpers import EXAMPLES, REPO, TEST_PROJECT, http, serving
 
 DEFAULTS = Limits(fuel=1000, memory_mb=8, timeout_ms=100)
