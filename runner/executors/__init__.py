@@ -1,1 +1,2 @@
-"""runner.executors."""
+"""One executor per worker contract (wws compiled, JavaScript, Python/Ruby, WAGI,
+serverless-wasm) behind one small interface (``base.py``)."""

@@ -1,1 +1,1 @@
-"""supervisor.arbiter.arbiter."""
+"""Several front ends under one lean, standard-library-only arbiter process, and its reloads."""
