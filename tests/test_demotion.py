@@ -45,12 +45,12 @@ async def test_a_busy_process_is_demoted_and_raised_back_when_allowed() -> None:
         demoter = Demoter(0.05, on_demote=lambda pid: demoted.set())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(demoter.run)
-            demoter.started("request", busy.pid)
+            demoter.started("request", busy.pid, "busy.wasm")
             with trio.fail_after(10):
                 await demoted.wait()
             nursery.cancel_scope.cancel()
         assert _nice(busy.pid) == DEMOTED_NICE
-        may_raise = _IS_ROOT or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+        may_raise = _may_raise()
         # True means: the caller must replace it.
         assert demoter.finished("request") is (not may_raise)
         assert _nice(busy.pid) == (0 if may_raise else DEMOTED_NICE)
@@ -71,7 +71,7 @@ async def test_a_quiet_request_is_never_demoted() -> None:
         while not said.endswith(b"\n"):  # its own start-up CPU is behind it
             said += await quiet.stdout.receive_some()
         demoter = Demoter(0.02)
-        demoter.started("request", quiet.pid)
+        demoter.started("request", quiet.pid, "quiet.wasm")
         with trio.move_on_after(0.3):
             await demoter.run()  # looks a dozen times at a process that uses no CPU
         assert demoter.demotions == 0
@@ -80,6 +80,37 @@ async def test_a_quiet_request_is_never_demoted() -> None:
     finally:
         await quiet.stdin.aclose()  # it ends
         await quiet.wait()
+
+
+async def test_a_worker_demoted_once_starts_low_until_it_is_short_again() -> None:
+    busy = await trio.lowlevel.open_process([sys.executable, "-c", "while True: pass"])
+    try:
+        demoted = trio.Event()
+        demoter = Demoter(0.05, on_demote=lambda pid: demoted.set())
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(demoter.run)
+            demoter.started("first", busy.pid, "loop.wasm")
+            with trio.fail_after(10):
+                await demoted.wait()
+            demoter.finished("first")
+            # The next request of the same worker is demoted from its start,
+            # before any look at its CPU; another worker's is not.
+            demoter.started("second", busy.pid, "loop.wasm")
+            assert _nice(busy.pid) == DEMOTED_NICE
+            demoter.finished("second")  # short: under 50 ms
+            if _may_raise():
+                assert _nice(busy.pid) == 0
+                demoter.started("third", busy.pid, "loop.wasm")
+                assert _nice(busy.pid) == 0  # short last time: forgiven
+                demoter.finished("third")
+            nursery.cancel_scope.cancel()
+    finally:
+        busy.kill()
+        await busy.wait()
+
+
+def _may_raise() -> bool:
+    return _IS_ROOT or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
 
 
 def test_set_nice_on_a_gone_process_is_harmless() -> None:
@@ -128,3 +159,16 @@ async def test_demotion_can_be_turned_off(cache_dir: Path) -> None:
     async with serving(TEST_PROJECT, args, cache_dir) as server:
         assert (await http(server.port, "GET", "/loop")).status == 504
         assert not any(re.search(_DEMOTED, line) for line in server.lines)
+
+
+async def test_a_runaway_route_starts_low_from_its_second_request(cache_dir: Path) -> None:
+    args = ["-w", "2", "--log-level", "debug", *_LOOP_ARGS, "--timeout-ms", "400"]
+    async with serving(TEST_PROJECT, args, cache_dir) as server:
+        assert (await http(server.port, "GET", "/loop")).status == 504
+        await _wait_line(server, _DEMOTED)
+        mark = len(server.lines)
+        assert (await http(server.port, "GET", "/loop")).status == 504
+        await _wait_line(server, r"runner \d+: loop.wat ran long before; it starts at the lowest", mark)
+        # Other routes are not affected.
+        assert (await http(server.port, "GET", "/hello")).status == 201
+        assert not any("hello.wat ran long before" in line for line in server.lines)

@@ -17,7 +17,10 @@ its request (see ``Pool.submit``).
 
 The CPU used is read from ``/proc/PID/stat`` by one task per pool, and only
 for requests still running at its periodic look: short requests cost
-nothing beyond two dictionary operations.
+nothing beyond a few dictionary operations. A worker whose request was
+demoted is remembered: its next requests start at the lowest priority (so a
+flood of runaways never gets a first slice at full priority), until one of
+them is short again.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ import trio
 log = logging.getLogger(__name__)
 
 DEMOTED_NICE = 19
+# Workers remembered as heavy, per pool.
+_MAX_HEAVY = 1024
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
@@ -66,11 +71,12 @@ def set_nice(pid: int, nice: int) -> bool:
 
 
 class _Watched:
-    __slots__ = ("baseline", "demoted", "pid", "started")
+    __slots__ = ("baseline", "demoted", "pid", "started", "worker")
 
-    def __init__(self, pid: int, started: float) -> None:
+    def __init__(self, pid: int, started: float, worker: str) -> None:
         self.pid = pid
         self.started = started
+        self.worker = worker
         # CPU the runner had used by the first look, less the request's age
         # then (at most half ``after_s``): as if it had burnt a core from its
         # start, so a request that was waiting instead still needs half
@@ -90,18 +96,33 @@ class Demoter:
         self._busy = trio.Event()
         self._told_why = False
         self.demotions = 0
+        # Workers whose last long request was demoted, oldest first (bounded).
+        self._heavy: dict[str, None] = {}
 
-    def started(self, key: object, pid: int) -> None:
-        if self.after_s > 0:
-            self._watched[key] = _Watched(pid, trio.current_time())
-            if not self._busy.is_set():
-                self._busy.set()
+    def started(self, key: object, pid: int, worker: str) -> None:
+        """A request of ``worker`` is now running in runner ``pid``. A worker
+        whose last long request was demoted starts at the lowest priority."""
+        if self.after_s <= 0:
+            return
+        watched = _Watched(pid, trio.current_time(), worker)
+        self._watched[key] = watched
+        if worker in self._heavy:
+            watched.demoted = set_nice(pid, DEMOTED_NICE)
+            log.debug("runner %d: %s ran long before; it starts at the lowest priority", pid, worker)
+        if not self._busy.is_set():
+            self._busy.set()
 
     def finished(self, key: object) -> bool:
         """Forget ``key``; returns True when its runner was demoted and could
         not be given its priority back (the caller replaces it)."""
         watched = self._watched.pop(key, None)
-        if watched is None or not watched.demoted:
+        if watched is None:
+            return False
+        if trio.current_time() - watched.started < self.after_s:
+            # Short this time (its CPU was at most its wall time): its next
+            # request starts at the normal priority again.
+            self._heavy.pop(watched.worker, None)
+        if not watched.demoted:
             return False
         if set_nice(watched.pid, 0):
             return False
@@ -145,6 +166,9 @@ class Demoter:
             # priority, and the runner is not replaced for nothing.
             watched.demoted = set_nice(watched.pid, DEMOTED_NICE)
             if watched.demoted:
+                self._heavy[watched.worker] = None
+                while len(self._heavy) > _MAX_HEAVY:
+                    del self._heavy[next(iter(self._heavy))]
                 self.demotions += 1
                 log.info(
                     "runner %d: its request has used %.0f ms of CPU; it runs at the lowest priority now",

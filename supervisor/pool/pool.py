@@ -203,7 +203,7 @@ class Pool:
             scope = trio.CancelScope(shield=True, deadline=deadline)
             member.busy = True
             self._in_flight.add(scope)
-            self._demoter.started(scope, runner.pid)
+            self._demoter.started(scope, runner.pid, invoke.worker_id)
             metrics.running(1)
             try:
                 result = await runner.call(invoke, scope)
