@@ -107,6 +107,7 @@ def series(samples: list[dict[str, Any]]) -> dict[str, list[tuple[float, float]]
 
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
     log = Path(tempfile.mkdtemp(prefix="wws-soak-")) / "server.log"
+    print(f"server log: {log}", file=sys.stderr)
     server = await start_server(args.cache_dir, log)
     clients = [PacedClient(lambda: server.port, path, expect, pause) for path, expect, pause in ROUTES]
     faults: collections.Counter[str] = collections.Counter()
@@ -221,7 +222,8 @@ def _meta(args: argparse.Namespace, interval: float, log: Path) -> dict[str, Any
         "minutes": args.minutes,
         "sample_interval_s": interval,
         "fault_every_s": args.fault_every,
-        "server_log": str(log),
+        # Its folder is printed at the start; no machine path in the results.
+        "server_log": log.name,
     }
 
 
