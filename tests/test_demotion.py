@@ -4,12 +4,14 @@ runner processes and a real server."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import resource
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
@@ -38,25 +40,33 @@ def test_cpu_seconds_reads_this_process() -> None:
     assert cpu_seconds(1 << 23) is None  # above any pid_max
 
 
-async def test_a_busy_process_is_demoted_and_raised_back_when_allowed() -> None:
+@contextlib.asynccontextmanager
+async def _demoted_busy_process(worker: str) -> AsyncIterator[tuple[Demoter, int]]:
+    """A process burning a core, already demoted by a Demoter (50 ms) as
+    ``worker``'s request "first"; killed on exit."""
     busy = await trio.lowlevel.open_process([sys.executable, "-c", "while True: pass"])
     try:
         demoted = trio.Event()
         demoter = Demoter(0.05, on_demote=lambda pid: demoted.set())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(demoter.run)
-            demoter.started("request", busy.pid, "busy.wasm")
+            demoter.started("first", busy.pid, worker)
             with trio.fail_after(10):
                 await demoted.wait()
             nursery.cancel_scope.cancel()
-        assert _nice(busy.pid) == DEMOTED_NICE
-        may_raise = _may_raise()
-        # True means: the caller must replace it.
-        assert demoter.finished("request") is (not may_raise)
-        assert _nice(busy.pid) == (0 if may_raise else DEMOTED_NICE)
+        yield demoter, busy.pid
     finally:
         busy.kill()
         await busy.wait()
+
+
+async def test_a_busy_process_is_demoted_and_raised_back_when_allowed() -> None:
+    async with _demoted_busy_process("busy.wasm") as (demoter, pid):
+        assert _nice(pid) == DEMOTED_NICE
+        may_raise = _may_raise()
+        # True means: the caller must replace it.
+        assert demoter.finished("first") is (not may_raise)
+        assert _nice(pid) == (0 if may_raise else DEMOTED_NICE)
 
 
 async def test_a_quiet_request_is_never_demoted() -> None:
@@ -83,30 +93,18 @@ async def test_a_quiet_request_is_never_demoted() -> None:
 
 
 async def test_a_worker_demoted_once_starts_low_until_it_is_short_again() -> None:
-    busy = await trio.lowlevel.open_process([sys.executable, "-c", "while True: pass"])
-    try:
-        demoted = trio.Event()
-        demoter = Demoter(0.05, on_demote=lambda pid: demoted.set())
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(demoter.run)
-            demoter.started("first", busy.pid, "loop.wasm")
-            with trio.fail_after(10):
-                await demoted.wait()
-            demoter.finished("first")
-            # The next request of the same worker is demoted from its start,
-            # before any look at its CPU; another worker's is not.
-            demoter.started("second", busy.pid, "loop.wasm")
-            assert _nice(busy.pid) == DEMOTED_NICE
-            demoter.finished("second")  # short: under 50 ms
-            if _may_raise():
-                assert _nice(busy.pid) == 0
-                demoter.started("third", busy.pid, "loop.wasm")
-                assert _nice(busy.pid) == 0  # short last time: forgiven
-                demoter.finished("third")
-            nursery.cancel_scope.cancel()
-    finally:
-        busy.kill()
-        await busy.wait()
+    async with _demoted_busy_process("loop.wasm") as (demoter, pid):
+        demoter.finished("first")
+        # The next request of the same worker is demoted from its start,
+        # before any look at its CPU.
+        demoter.started("second", pid, "loop.wasm")
+        assert _nice(pid) == DEMOTED_NICE
+        demoter.finished("second")  # short: under 50 ms
+        if _may_raise():
+            assert _nice(pid) == 0
+            demoter.started("third", pid, "loop.wasm")
+            assert _nice(pid) == 0  # short last time: forgiven
+            demoter.finished("third")
 
 
 def _may_raise() -> bool:

@@ -337,9 +337,10 @@ def _upstream(body: bytes) -> Iterator[str]:
         upstream.server_close()
 
 
-def _outbound_module(url: str) -> str:
-    """A WAGI module that GETs ``url`` through wasi_experimental_http and
-    prints the body, or ``error NN`` with the ABI's error code."""
+def _http_module(url: str, start: str) -> str:
+    """A WAGI module with ``wasi_experimental_http``, whose ``_start`` is
+    ``start``; it may call ``$get`` (a GET of ``url``, handle at address 20),
+    ``$print`` and ``$print_error`` (``error NN`` with the ABI's error code)."""
     return f"""(module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "wasi_experimental_http" "req"
@@ -351,23 +352,33 @@ def _outbound_module(url: str) -> str:
   (data (i32.const 512) "GET")
   (data (i32.const 1024) "Content-Type: text/plain\\0a\\0a")
   (data (i32.const 1100) "error ")
+  (data (i32.const 1200) "second ok")
   (func $print (param $at i32) (param $len i32)
     (i32.store (i32.const 0) (local.get $at)) (i32.store (i32.const 4) (local.get $len))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
-  (func (export "_start") (local $err i32)
-    (local.set $err (call $req (i32.const 64) (i32.const {len(url)}) (i32.const 512) (i32.const 3)
+  (func $get (result i32)
+    (call $req (i32.const 64) (i32.const {len(url)}) (i32.const 512) (i32.const 3)
       (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 16) (i32.const 20)))
+  (func $print_error (param $err i32)
+    (i32.store8 (i32.const 1106) (i32.add (i32.const 48) (i32.div_u (local.get $err) (i32.const 10))))
+    (i32.store8 (i32.const 1107) (i32.add (i32.const 48) (i32.rem_u (local.get $err) (i32.const 10))))
+    (call $print (i32.const 1100) (i32.const 8)))
+  (func (export "_start") (local $err i32)
     (call $print (i32.const 1024) (i32.const 26))
-    (if (local.get $err)
-      (then
-        (i32.store8 (i32.const 1106) (i32.add (i32.const 48) (i32.div_u (local.get $err) (i32.const 10))))
-        (i32.store8 (i32.const 1107) (i32.add (i32.const 48) (i32.rem_u (local.get $err) (i32.const 10))))
-        (call $print (i32.const 1100) (i32.const 8))
-        (return)))
+{start}))
+"""
+
+
+def _outbound_module(url: str) -> str:
+    """A WAGI module that GETs ``url`` and prints the body, or ``error NN``."""
+    return _http_module(
+        url,
+        """    (local.set $err (call $get))
+    (if (local.get $err) (then (call $print_error (local.get $err)) (return)))
     (drop (call $body_read (i32.load (i32.const 20)) (i32.const 2048) (i32.const 1024) (i32.const 24)))
     (drop (call $close (i32.load (i32.const 20))))
-    (call $print (i32.const 2048) (i32.load (i32.const 24)))))
-"""
+    (call $print (i32.const 2048) (i32.load (i32.const 24)))""",
+    )
 
 
 async def test_outbound_http_follows_allowed_hosts(tmp_path: Path, cache_dir: Path) -> None:
@@ -394,34 +405,13 @@ async def test_outbound_http_follows_allowed_hosts(tmp_path: Path, cache_dir: Pa
 def _two_open_module(url: str) -> str:
     """A WAGI module that opens two responses from ``url`` without closing the
     first, and prints ``second ok`` or ``error NN`` for the second."""
-    return f"""(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_experimental_http" "req"
-    (func $req (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 64) "{url}")
-  (data (i32.const 512) "GET")
-  (data (i32.const 1024) "Content-Type: text/plain\\0a\\0a")
-  (data (i32.const 1100) "error ")
-  (data (i32.const 1200) "second ok")
-  (func $print (param $at i32) (param $len i32)
-    (i32.store (i32.const 0) (local.get $at)) (i32.store (i32.const 4) (local.get $len))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
-  (func $get (result i32)
-    (call $req (i32.const 64) (i32.const {len(url)}) (i32.const 512) (i32.const 3)
-      (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 16) (i32.const 20)))
-  (func (export "_start") (local $err i32)
-    (call $print (i32.const 1024) (i32.const 26))
-    (drop (call $get))
+    return _http_module(
+        url,
+        """    (drop (call $get))
     (local.set $err (call $get))
-    (if (local.get $err)
-      (then
-        (i32.store8 (i32.const 1106) (i32.add (i32.const 48) (i32.div_u (local.get $err) (i32.const 10))))
-        (i32.store8 (i32.const 1107) (i32.add (i32.const 48) (i32.rem_u (local.get $err) (i32.const 10))))
-        (call $print (i32.const 1100) (i32.const 8))
-        (return)))
-    (call $print (i32.const 1200) (i32.const 9))))
-"""
+    (if (local.get $err) (then (call $print_error (local.get $err)) (return)))
+    (call $print (i32.const 1200) (i32.const 9))""",
+    )
 
 
 async def test_http_max_concurrency_caps_the_responses_a_request_holds_open(
