@@ -20,6 +20,7 @@ import trio
 
 from supervisor.pool.demotion import DEMOTED_NICE, Demoter, cpu_seconds, set_nice
 from tests.helpers import TEST_PROJECT, ServerProcess, http, serving
+from tests.test_admin import admin_port, scrape, value
 
 _DEMOTED = r"runner (\d+): its request has used \d+ ms of CPU; it runs at the lowest priority now"
 # Long enough that the test looks at the runner while the loop still runs.
@@ -47,7 +48,7 @@ async def _demoted_busy_process(worker: str) -> AsyncIterator[tuple[Demoter, int
     busy = await trio.lowlevel.open_process([sys.executable, "-c", "while True: pass"])
     try:
         demoted = trio.Event()
-        demoter = Demoter(0.05, on_demote=lambda pid: demoted.set())
+        demoter = Demoter(0.05, on_demote=lambda pid, worker: demoted.set())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(demoter.run)
             demoter.started("first", busy.pid, worker)
@@ -170,3 +171,15 @@ async def test_a_runaway_route_starts_low_from_its_second_request(cache_dir: Pat
         # Other routes are not affected.
         assert (await http(server.port, "GET", "/hello")).status == 201
         assert not any("hello.wat ran long before" in line for line in server.lines)
+
+
+async def test_demotions_are_counted_by_worker(cache_dir: Path) -> None:
+    args = ["-w", "2", "--admin", "127.0.0.1:0", *_LOOP_ARGS, "--timeout-ms", "400"]
+    async with serving(TEST_PROJECT, args, cache_dir) as server:
+        admin = await trio.to_thread.run_sync(lambda: admin_port(server))
+        for _ in range(2):  # the second starts demoted: counted too
+            assert (await http(server.port, "GET", "/loop")).status == 504
+        assert (await http(server.port, "GET", "/hello")).status == 201
+        samples = await scrape(admin)
+        assert value(samples, "wws_request_demotions_total", worker="loop.wat") == 2
+        assert value(samples, "wws_request_demotions_total", worker="hello.wat") == 0

@@ -53,6 +53,7 @@ class _Metrics:
     queued: Gauge
     running: Gauge
     restarts: Counter
+    demotions: Counter
     rss: Gauge
     fuel: Counter
     kv_operations: Counter
@@ -117,8 +118,14 @@ def enable(folder: Path, frontend: int = 0, tenant_label: bool = False) -> None:
         ),
         restarts=Counter(
             "wws_runner_restarts",
-            "Runners replaced, by reason (recycled, request-fault, crashed, boot-failed)",
+            "Runners replaced, by reason (recycled, demoted, request-fault, crashed, boot-failed)",
             ["reason"],
+            registry=None,
+        ),
+        demotions=Counter(
+            "wws_request_demotions",
+            "Requests whose runner was set to the lowest CPU priority (--demote-after-ms), by worker file",
+            ["worker"],
             registry=None,
         ),
         rss=Gauge(
@@ -173,6 +180,11 @@ def running(delta: int) -> None:
 def runner_restarted(reason: str) -> None:
     if _process is not None:
         _process.metrics.restarts.labels(reason).inc()
+
+
+def request_demoted(worker_id: str) -> None:
+    if _process is not None:
+        _process.metrics.demotions.labels(worker_id).inc()
 
 
 def runner_rss(slot: int, rss_bytes: int, tenant: str = "") -> None:

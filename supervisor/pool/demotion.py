@@ -89,7 +89,7 @@ class Demoter:
     """Watches the requests in flight in one pool and demotes those that
     have used more than ``after_s`` of CPU; ``after_s`` of 0 turns it off."""
 
-    def __init__(self, after_s: float, on_demote: Callable[[int], None] | None = None) -> None:
+    def __init__(self, after_s: float, on_demote: Callable[[int, str], None] | None = None) -> None:
         self.after_s = after_s
         self._on_demote = on_demote
         self._watched: dict[object, _Watched] = {}
@@ -109,6 +109,8 @@ class Demoter:
         if worker in self._heavy:
             watched.demoted = set_nice(pid, DEMOTED_NICE)
             log.debug("runner %d: %s ran long before; it starts at the lowest priority", pid, worker)
+            if watched.demoted and self._on_demote is not None:
+                self._on_demote(pid, worker)
         if not self._busy.is_set():
             self._busy.set()
 
@@ -176,6 +178,6 @@ class Demoter:
                     self.after_s * 1e3,
                 )
                 if self._on_demote is not None:
-                    self._on_demote(watched.pid)
+                    self._on_demote(watched.pid, watched.worker)
             else:
                 watched.baseline = math.inf  # not asked again for this request

@@ -93,7 +93,9 @@ class Pool:
         self.restarts = 0
         # slot -> its booted runner, for the admin listener (supervisor/ops/runner_state.py).
         self.members: dict[int, Member] = {}
-        self._demoter = Demoter(settings.demote_after_ms / 1000)
+        self._demoter = Demoter(
+            settings.demote_after_ms / 1000, on_demote=lambda _pid, worker: metrics.request_demoted(worker)
+        )
 
     def drop_workers(self, worker_ids: set[str]) -> None:
         """Leave these workers out of every runner (they failed to load)."""
