@@ -29,6 +29,12 @@ from typing import Any, ClassVar
 
 PROTOCOL_VERSION = 4
 
+# A runner's exit status, part of the protocol: the supervisor reads them.
+RUNNER_EXIT_OK = 0
+RUNNER_EXIT_BOOT_FAILED = 3
+# A frame it could not read (never ours): whatever followed it was not run.
+RUNNER_EXIT_PROTOCOL_ERROR = 4
+
 
 class FailureKind(enum.StrEnum):
     """Why a request produced no worker response. The value is what clients see

@@ -18,13 +18,25 @@ import sys
 from collections.abc import Callable
 
 from ipc.codec import FrameDecoder, ProtocolError, encode
-from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Message, Ready, Reply
+from ipc.messages import (
+    PROTOCOL_VERSION,
+    RUNNER_EXIT_BOOT_FAILED,
+    RUNNER_EXIT_OK,
+    RUNNER_EXIT_PROTOCOL_ERROR,
+    Configure,
+    Failure,
+    FailureKind,
+    Invoke,
+    Message,
+    Ready,
+    Reply,
+)
 from runner.executors.kit_protocol import printable
 from runner.lifeline import die_with_parent
 
-EXIT_OK = 0
-EXIT_BOOT_FAILED = 3
-EXIT_PROTOCOL_ERROR = 4
+EXIT_OK = RUNNER_EXIT_OK
+EXIT_BOOT_FAILED = RUNNER_EXIT_BOOT_FAILED
+EXIT_PROTOCOL_ERROR = RUNNER_EXIT_PROTOCOL_ERROR
 # One read holds most requests; a bigger buffer costs an mmap/munmap per
 # read (50-70 us against 2-4 us), and larger frames just take more reads.
 _READ_SIZE = 1 << 16

@@ -37,7 +37,17 @@ from pathlib import Path
 
 import trio
 
-from ipc.messages import PROTOCOL_VERSION, Configure, Failure, FailureKind, Invoke, Ready, Reply, WorkerSpec
+from ipc.messages import (
+    PROTOCOL_VERSION,
+    RUNNER_EXIT_PROTOCOL_ERROR,
+    Configure,
+    Failure,
+    FailureKind,
+    Invoke,
+    Ready,
+    Reply,
+    WorkerSpec,
+)
 from supervisor.config import PoolSettings
 from supervisor.ops import metrics
 from supervisor.pool.backoff import HALT_AFTER_BOOT_FAILURES, STABLE_AFTER_S, backoff_delay
@@ -211,7 +221,7 @@ class Pool:
                 result = await runner.call(invoke, scope)
                 metrics.fuel_used(invoke.worker_id, result.fuel_used)
             except RunnerLost as exc:
-                if not exc.delivered and attempt == 0:
+                if attempt == 0 and (not exc.delivered or await self._refused_its_input(runner)):
                     log.warning(
                         "runner %d had died while idle; request %d goes to another runner",
                         runner.pid,
@@ -295,6 +305,15 @@ class Pool:
     @property
     def _ceiling(self) -> int:
         return self.settings.max_runner_rss_mb << 20
+
+    @staticmethod
+    async def _refused_its_input(runner: Runner) -> bool:
+        """Whether a runner that died with our frame written had stopped at a
+        frame it could not read (written into its pipe by someone else):
+        then ours was never run, and may go to another runner."""
+        with trio.CancelScope(shield=True), trio.move_on_after(REAP_WAIT_S):
+            await runner.wait_exit()
+        return runner.returncode == RUNNER_EXIT_PROTOCOL_ERROR
 
     async def _lost(self, member: Member, invoke: Invoke, exc: RunnerLost, elapsed: float) -> Failure:
         runner = member.runner
