@@ -396,8 +396,8 @@ CLASSES = [
         "truncated",
         "garbage IPC frame (truncated frame)",
         garbage(b"\x00\x00\x00\x40garbage"),
-        "one request: the runner waits for the rest of the frame (so the pool looks full); its next "
-        "request completes the bad frame and fails (502), and the runner is replaced",
+        "yes: the runner waits for the rest of the frame (so the pool looks full); its next request "
+        "completes the bad frame, the runner stops at it, and that request goes to another runner",
         allowed=1,
     ),
     FaultClass("slow-headers", "slow headers (16 clients, 1 byte / 0.2 s)", slow_clients("headers"), _NONE),
