@@ -282,24 +282,25 @@ def split_memory(module: bytes) -> SplitModule:
     return SplitModule(bytes(out), blank, minimum, maximum, tuple(g for _, g in mutable))
 
 
-def _segments(snapshot: bytes) -> list[tuple[int, bytes]]:
+def _runs(snapshot: bytes) -> list[tuple[int, int]]:
     # A fresh memory is zero-filled already: only runs of non-zero host pages
     # need segments. Whole pages cost nothing extra (wasmtime's copy-on-write
     # image is page-granular anyway) and comparing pages is far faster than
-    # searching for zero runs byte by byte.
-    segments: list[tuple[int, bytes]] = []
+    # searching for zero runs byte by byte. Offsets only: the bytes are
+    # sliced once, when the layout is chosen.
+    runs: list[tuple[int, int]] = []
     view = memoryview(snapshot)
     start = None
     for offset in range(0, len(snapshot), _HOST_PAGE):
         empty = view[offset : offset + _HOST_PAGE] == _ZERO_PAGE
         if empty and start is not None:
-            segments.append((start, snapshot[start:offset]))
+            runs.append((start, offset))
             start = None
         elif not empty and start is None:
             start = offset
     if start is not None:
-        segments.append((start, snapshot[start:]))
-    return segments
+        runs.append((start, len(snapshot)))
+    return runs
 
 
 # wasmtime maps a module's data segments copy-on-write as one memory image
@@ -311,11 +312,11 @@ def _segments(snapshot: bytes) -> list[tuple[int, bytes]]:
 _ALWAYS_AN_IMAGE = 16 << 20
 
 
-def _mapped_as_image(segments: list[tuple[int, bytes]]) -> bool:
-    if not segments:
+def _mapped_as_image(runs: list[tuple[int, int]]) -> bool:
+    if not runs:
         return True
-    span = segments[-1][0] + len(segments[-1][1]) - segments[0][0]
-    return span <= _ALWAYS_AN_IMAGE or span < 2 * sum(len(payload) for _, payload in segments)
+    span = runs[-1][1] - runs[0][0]
+    return span <= _ALWAYS_AN_IMAGE or span < 2 * sum(end - start for start, end in runs)
 
 
 def heap_module(snapshot: bytes, max_pages: int | None) -> bytes:
@@ -333,10 +334,10 @@ def heap_module(snapshot: bytes, max_pages: int | None) -> bytes:
     pages = len(snapshot) // PAGE
     if max_pages is not None and pages > max_pages:
         raise BakeError("snapshot is larger than the module's maximum memory")
-    segments = _segments(snapshot)
-    if not _mapped_as_image(segments):
-        start, end = segments[0][0], segments[-1][0] + len(segments[-1][1])
-        segments = [(start, snapshot[start:end])]
+    runs = _runs(snapshot)
+    if not _mapped_as_image(runs):
+        runs = [(runs[0][0], runs[-1][1])]
+    segments = [(start, snapshot[start:end]) for start, end in runs]
     data = [_uleb(len(segments))]
     for offset, payload in segments:
         # Active segment for memory 0: flag 0, i32.const offset, end, bytes.
