@@ -106,11 +106,8 @@ class Demoter:
             return
         watched = _Watched(pid, trio.current_time(), worker)
         self._watched[key] = watched
-        if worker in self._heavy:
-            watched.demoted = set_nice(pid, DEMOTED_NICE)
+        if worker in self._heavy and self._demote(watched):
             log.debug("runner %d: %s ran long before; it starts at the lowest priority", pid, worker)
-            if watched.demoted and self._on_demote is not None:
-                self._on_demote(pid, worker)
         if not self._busy.is_set():
             self._busy.set()
 
@@ -163,21 +160,27 @@ class Demoter:
             # Reading the CPU at dispatch would cost every request a /proc
             # read; the first look comes up to half ``after_s`` later.
             watched.baseline = used - min(trio.current_time() - watched.started, self.after_s / 2)
-        if used - watched.baseline >= self.after_s:
+        if used - watched.baseline >= self.after_s and self._demote(watched):
+            log.info(
+                "runner %d: its request has used %.0f ms of CPU; it runs at the lowest priority now",
+                watched.pid,
+                self.after_s * 1e3,
+            )
+
+    def _demote(self, watched: _Watched) -> bool:
+        """Lower the runner's priority; remember its worker as heavy (most
+        recent last). False when the kernel refuses."""
+        watched.demoted = set_nice(watched.pid, DEMOTED_NICE)
+        if not watched.demoted:
             # Refused (a seccomp filter without setpriority): it keeps its
-            # priority, and the runner is not replaced for nothing.
-            watched.demoted = set_nice(watched.pid, DEMOTED_NICE)
-            if watched.demoted:
-                self._heavy[watched.worker] = None
-                while len(self._heavy) > _MAX_HEAVY:
-                    del self._heavy[next(iter(self._heavy))]
-                self.demotions += 1
-                log.info(
-                    "runner %d: its request has used %.0f ms of CPU; it runs at the lowest priority now",
-                    watched.pid,
-                    self.after_s * 1e3,
-                )
-                if self._on_demote is not None:
-                    self._on_demote(watched.pid, watched.worker)
-            else:
-                watched.baseline = math.inf  # not asked again for this request
+            # priority, is not asked again, and its runner is not replaced.
+            watched.baseline = math.inf
+            return False
+        self._heavy.pop(watched.worker, None)
+        self._heavy[watched.worker] = None
+        while len(self._heavy) > _MAX_HEAVY:
+            del self._heavy[next(iter(self._heavy))]
+        self.demotions += 1
+        if self._on_demote is not None:
+            self._on_demote(watched.pid, watched.worker)
+        return True
