@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench.harness import REPO, server, wrk
+from bench.run import _supervisor
 
 _PY = 'def worker(request):\n    return Response("Hello from Python")\n'
 _RB = 'def worker(req)\n  Response.new("Hello from Ruby")\nend\n'
@@ -143,22 +144,9 @@ def _startup(runtimes: Path, count: int = 20) -> tuple[float, float]:
         project.mkdir()
         for index in range(count):
             (project / f"w{index}.py").write_text(_PY.replace("Python", f"Python {index}"))
-        command = [
-            str(REPO / ".venv/bin/python"),
-            "-m",
-            "supervisor",
-            str(project),
-            "-p",
-            "0",
-            "-w",
-            "2",
-            "--cache-dir",
-            str(cache),
-            "--runtimes-dir",
-            str(runtimes),
-            "--cache-max-mb",
-            "4096",
-        ]
+        command = _supervisor(
+            project, cache, "-w", "2", "--runtimes-dir", str(runtimes), "--cache-max-mb", "4096"
+        )
         times = []
         for _ in range(2):  # cold (compile), then warm (cache)
             with server(command, "Start serving", timeout=900) as running:
@@ -173,22 +161,9 @@ def _req_per_s(runtimes: Path, seconds: int) -> list[str]:
         (project / "rb.rb").write_text(_RB)
         shutil.copy(REPO / "bench/workers/hello.js", project / "js.js")
         shutil.copy(REPO / "bench/workers/hello.wasm", project / "c.wasm")
-        command = [
-            str(REPO / ".venv/bin/python"),
-            "-m",
-            "supervisor",
-            str(project),
-            "-p",
-            "0",
-            "-w",
-            "2",
-            "--runtimes-dir",
-            str(runtimes),
-            "--cache-dir",
-            str(_BENCH_CACHE),
-            "--cache-max-mb",
-            "4096",
-        ]
+        command = _supervisor(
+            project, _BENCH_CACHE, "-w", "2", "--runtimes-dir", str(runtimes), "--cache-max-mb", "4096"
+        )
         rows = []
         with server(command, "Start serving", timeout=900) as running:
             for route, label in (
